@@ -1,0 +1,287 @@
+"""Image sources (TFDS Oxford pets, a folder, embedded photos) and HR crop batches.
+
+Sources hand out decoded 8-bit RGB images by index. Training batches are a pure
+function of (seed, step): the image order comes from a per-epoch permutation and
+the crops from a per-step generator, so a resumed run sees exactly the batches an
+uninterrupted one would, and every process of a multi-host run can build its own
+rows of the global batch, reading only the images those rows need. The LR side is
+made on the accelerator, inside the train step (see degradation.py).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import queue
+import threading
+import warnings
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from absl import logging
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# Photographs that scikit-image ships: the offline default needs no download.
+EMBEDDED_TRAIN = ("astronaut.png", "rocket.jpg", "motorcycle_left.png",
+                  "hubble_deep_field.jpg", "camera.png", "brick.png", "grass.png",
+                  "gravel.png", "moon.png")
+EMBEDDED_EVAL = ("chelsea.png", "coffee.png")
+
+
+class DataError(ValueError):
+  """A data source that cannot be used; the message says what to change."""
+
+
+class BadImage(ValueError):
+  """One image file that cannot be used (corrupt, truncated, not an image...)."""
+
+
+def to_rgb_uint8(image: Image.Image) -> np.ndarray:
+  """Any PIL image (L, LA, P, RGBA, CMYK, 16-bit, float) as HxWx3 uint8 RGB."""
+  if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    array = np.asarray(image, np.float64)
+    peak = 65535.0 if array.max() > 255 else 255.0
+    array = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(array[..., None], 3, axis=-1)
+  if image.mode == "F":
+    array = np.asarray(image, np.float64)
+    array = np.clip(np.round(array * (255.0 if array.max() <= 1.0 else 1.0)), 0, 255)
+    return np.repeat(array.astype(np.uint8)[..., None], 3, axis=-1)
+  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    # Transparent pixels over white, as image viewers show them.
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(background, rgba)
+  return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def decode_image(path: str) -> np.ndarray:
+  """Reads one image file as HxWx3 uint8; raises BadImage saying why it cannot."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        image.load()
+        return to_rgb_uint8(image)
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+          Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise BadImage(f"{path}: {type(e).__name__}: {e}") from None
+
+
+def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
+  """Bicubic (PIL) resize so that the shorter side is `size`; 0 keeps the image."""
+  if size <= 0:
+    return image
+  h, w = image.shape[:2]
+  if min(h, w) == size:
+    return image
+  ratio = size / min(h, w)
+  new = (max(size, round(w * ratio)), max(size, round(h * ratio)))
+  return np.asarray(Image.fromarray(image).resize(new, Image.BICUBIC))
+
+
+def list_images(root: str) -> list[str]:
+  """Image files below `root`, recursively, in a stable order."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  return found
+
+
+@dataclasses.dataclass
+class ImageSet:
+  """Decoded RGB images by index; `load` is called once per image, then cached."""
+
+  names: Sequence[str]
+  load: Callable[[int], np.ndarray]
+
+  def __post_init__(self):
+    self._cache: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    image = self._cache.get(index)
+    if image is None:
+      image = self.load(index)
+      with self._lock:
+        self._cache[index] = image
+    return image
+
+
+def read_folder(root: str, min_size: int, resize: int = 0) -> ImageSet:
+  """Decodes every image below `root`, skipping unusable files with one warning each.
+
+  Images whose shorter side (after `resize`) is below `min_size` are skipped too.
+  """
+  if not os.path.isdir(root):
+    raise DataError(f"{root!r} is not a directory of images.")
+  paths = list_images(root)
+
+  def load(path):
+    try:
+      image = resize_shorter(decode_image(path), resize)
+    except BadImage as e:
+      return None, f"skipping unreadable image {e}"
+    if min(image.shape[:2]) < min_size:
+      return None, (f"skipping {path}: {image.shape[1]}x{image.shape[0]} px is smaller "
+                    f"than the {min_size} px crop")
+    return image, None
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+    results = list(pool.map(load, paths))
+  names, images = [], []
+  for path, (image, problem) in zip(paths, results):
+    if problem:
+      logging.warning(problem)
+    else:
+      names.append(os.path.relpath(path, root))
+      images.append(image)
+  skipped = len(paths) - len(images)
+  if skipped:
+    logging.warning("%s: skipped %d of %d image files.", root, skipped, len(paths))
+  if not images:
+    raise DataError(
+        f"{root!r} holds no usable image ({len(paths)} files with extensions "
+        f"{', '.join(IMAGE_EXTENSIONS)} found, {skipped} unusable); point it at a "
+        f"folder of photos at least {min_size} px on the shorter side.")
+  return ImageSet(names, images.__getitem__)
+
+
+def embedded_images(split: str, resize: int = 0) -> ImageSet:
+  """The real photographs bundled with scikit-image (no download)."""
+  import skimage  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(os.path.dirname(skimage.__file__), "data")
+  names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_EVAL
+  images = [resize_shorter(decode_image(os.path.join(folder, n)), resize) for n in names]
+  return ImageSet(list(names), images.__getitem__)
+
+
+def tfds_images(name: str, split: str, data_dir: str, resize: int = 0) -> ImageSet:
+  """A TFDS image dataset through random-access `tfds.data_source`, decoded lazily."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+  names = [f"{split}/{i}" for i in range(len(source))]
+
+  def load(index: int) -> np.ndarray:
+    return resize_shorter(to_rgb_uint8(Image.fromarray(np.asarray(source[index]["image"]))),
+                          resize)
+
+  return ImageSet(names, load)
+
+
+def load_split(data_config, split: str) -> ImageSet:
+  """The images of `split` ("train" or "eval") for `config.data`."""
+  resize = data_config.resize_shorter
+  if data_config.name == "oxford_iiit_pet":
+    return tfds_images("oxford_iiit_pet", "train" if split == "train" else "test",
+                       data_config.tfds_data_dir, resize)
+  if data_config.name == "folder":
+    root = data_config.train_dir if split == "train" else data_config.eval_dir
+    return read_folder(root, data_config.hr_size, resize)
+  if data_config.name == "embedded":
+    return embedded_images(split, resize)
+  raise DataError(f"unknown dataset {data_config.name!r}")
+
+
+def crop_to(image: np.ndarray, size: int) -> np.ndarray:
+  """A square crop of `size`; an image smaller than that is upscaled (bicubic) first."""
+  if min(image.shape[:2]) < size:
+    image = resize_shorter(image, size)
+  return image
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBatches:
+  """Random HR crops with flips; batch `step` depends only on (seed, step).
+
+  `rows` selects which rows of the global batch this process builds.
+  """
+
+  images: ImageSet
+  hr_size: int
+  batch_size: int
+  seed: int
+  rows: slice = dataclasses.field(default_factory=lambda: slice(None))
+
+  def _image_indices(self, step: int) -> np.ndarray:
+    n = len(self.images)
+    first = step * self.batch_size
+    positions = np.arange(first, first + self.batch_size)
+    epochs = positions // n
+    out = np.empty(self.batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      order = np.random.default_rng([self.seed, 0, int(epoch)]).permutation(n)
+      mask = epochs == epoch
+      out[mask] = order[positions[mask] % n]
+    return out
+
+  def batch(self, step: int) -> np.ndarray:
+    """This process's rows of global batch `step`, uint8 [rows, hr, hr, 3]."""
+    rng = np.random.default_rng([self.seed, 1, step])
+    corners = rng.random((self.batch_size, 2))
+    flips = rng.random((self.batch_size, 2)) < 0.5
+    indices = self._image_indices(step)
+    rows = range(self.batch_size)[self.rows]
+    out = np.empty((len(rows), self.hr_size, self.hr_size, 3), np.uint8)
+    for k, row in enumerate(rows):
+      image = crop_to(self.images[int(indices[row])], self.hr_size)
+      top = int(corners[row, 0] * (image.shape[0] - self.hr_size + 1))
+      left = int(corners[row, 1] * (image.shape[1] - self.hr_size + 1))
+      crop = image[top:top + self.hr_size, left:left + self.hr_size]
+      if flips[row, 0]:
+        crop = crop[:, ::-1]
+      if flips[row, 1]:
+        crop = np.swapaxes(crop, 0, 1)  # a transpose: with the flip, all 8 rotations.
+      out[k] = crop
+    return out
+
+
+def eval_crops(images: ImageSet, size: int, limit: int,
+               per_image: int = 1) -> tuple[np.ndarray, list[str]]:
+  """Up to `limit` crops of `size`: the central one of each image, or with
+  `per_image` > 1 that many tiles of each image's central grid. uint8 [n, size, size, 3]."""
+  crops, names = [], []
+  for i in range(len(images)):
+    image = crop_to(images[i], size)
+    rows, cols = image.shape[0] // size, image.shape[1] // size
+    top0 = (image.shape[0] - rows * size) // 2
+    left0 = (image.shape[1] - cols * size) // 2
+    tiles = [(r, c) for r in range(rows) for c in range(cols)]
+    if per_image == 1:
+      tiles = [(rows // 2, cols // 2)]
+      top0 = (image.shape[0] - size) // 2 - rows // 2 * size
+      left0 = (image.shape[1] - size) // 2 - cols // 2 * size
+    for r, c in tiles[:per_image]:
+      top, left = top0 + r * size, left0 + c * size
+      crops.append(image[top:top + size, left:left + size])
+      names.append(f"{images.names[i]}#{r},{c}")
+      if len(crops) == limit:
+        return np.stack(crops), names
+  return np.stack(crops), names
+
+
+def prefetch(batches: Iterator, size: int = 2) -> Iterator:
+  """Runs `batches` in a background thread, `size` items ahead (errors re-raised)."""
+  buffer: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+
+  def produce():
+    try:
+      for item in batches:
+        buffer.put(item)
+    except BaseException as e:  # pylint: disable=broad-except
+      buffer.put(e)
+    buffer.put(done)
+
+  threading.Thread(target=produce, daemon=True).start()
+  while (item := buffer.get()) is not done:
+    if isinstance(item, BaseException):
+      raise item
+    yield item

@@ -1,0 +1,41 @@
+"""Entry point: `python -m percvae_jax.main --config configs/<name>.py --workdir DIR`.
+
+Every config field can be overridden with a flag, e.g.
+`--config.train.learning_rate=1e-4`. Running the same command again on the same
+workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from percvae_jax import config as config_lib
+from percvae_jax import data
+from percvae_jax import pretrained
+from percvae_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors a user can fix; they get their message, not a traceback.
+USER_ERRORS = (config_lib.ConfigError, data.DataError, pretrained.MissingWeightsError,
+               pretrained.InvalidWeightsError,
+               train.NonFiniteLossError)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

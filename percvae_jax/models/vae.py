@@ -1,0 +1,201 @@
+"""The VAEs that map an LR image to its SR image at `scale` times the size.
+
+Both models share one interface, so training, evaluation and upscaling never ask
+which one they hold:
+  - `model.apply(params, lr, hr, rngs={"latent": key})` -> (sr, kl), the
+    reparameterised training pass (z = mu + exp(0.5 * logvar) * eps) with the KL of
+    each example's posterior to its prior, summed over latent units;
+  - `model.apply(params, lr, method="generate")` -> sr from the latent's mean, and
+    `method="generate", sample=True` (with a "latent" rng) -> one sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from percvae_jax import degradation
+
+LOGVAR_RANGE = (-12.0, 8.0)
+
+
+def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p):
+  """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) per element."""
+  return 0.5 * (logvar_p - logvar_q
+                + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) * jnp.exp(-logvar_p) - 1.0)
+
+
+def split_gaussian(stats):
+  mu, logvar = jnp.split(stats.astype(jnp.float32), 2, axis=-1)
+  return mu, jnp.clip(logvar, *LOGVAR_RANGE)
+
+
+def reparameterise(rng, mu, logvar):
+  return mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
+
+
+def sum_per_example(x):
+  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+class SeedVAE(nn.Module):
+  """The paper's VAE: a 256-d global latent, adapted to an LR input of size/scale.
+
+  Encoder conv 3->16->32->64 (3x3, stride 2, ReLU) on the LR, dense heads to mu and
+  log-variance; decoder dense -> 64 x (HR/8) x (HR/8), transposed convs 64->32->16->3
+  (stride 2), sigmoid. Its prior is N(0, I).
+  """
+
+  scale: int
+  hr_size: int
+  latent_dim: int = 256
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    conv = lambda f, name: nn.Conv(f, (3, 3), strides=2, dtype=self.dtype, name=name)
+    self.encoder_convs = [conv(16, "enc1"), conv(32, "enc2"), conv(64, "enc3")]
+    self.mu_head = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")
+    self.logvar_head = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")
+    self.decoder_convs = [
+        nn.ConvTranspose(f, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"dec{i}")
+        for i, f in enumerate((32, 16, 3), start=1)]
+    self.decoder_dense = nn.Dense(64 * (self.hr_size // 8) ** 2, dtype=self.dtype,
+                                  name="dec_dense")
+
+  def _posterior(self, lr):
+    if lr.shape[1:3] != (self.hr_size // self.scale,) * 2:
+      raise ValueError(
+          f"the seed model takes {self.hr_size // self.scale} px square LR inputs "
+          f"(it was trained at hr_size={self.hr_size}), not {lr.shape[1]}x{lr.shape[2]}.")
+    x = lr.astype(self.dtype)
+    for conv in self.encoder_convs:
+      x = nn.relu(conv(x))
+    x = x.reshape(x.shape[0], -1)
+    return (self.mu_head(x).astype(jnp.float32),
+            jnp.clip(self.logvar_head(x).astype(jnp.float32), *LOGVAR_RANGE))
+
+  def _decode(self, z):
+    side = self.hr_size // 8
+    x = self.decoder_dense(z.astype(self.dtype))
+    x = nn.relu(x).reshape(z.shape[0], side, side, 64)
+    for i, conv in enumerate(self.decoder_convs):
+      x = conv(x)
+      x = nn.relu(x) if i < len(self.decoder_convs) - 1 else x
+    return nn.sigmoid(x.astype(jnp.float32))
+
+  def __call__(self, lr, hr):
+    del hr  # The paper's encoder sees only its input.
+    mu, logvar = self._posterior(lr)
+    z = reparameterise(self.make_rng("latent"), mu, logvar)
+    kl = gaussian_kl(mu, logvar, jnp.zeros_like(mu), jnp.zeros_like(logvar))
+    return self._decode(z), sum_per_example(kl)
+
+  def generate(self, lr, sample: bool = False):
+    mu, logvar = self._posterior(lr)
+    z = reparameterise(self.make_rng("latent"), mu, logvar) if sample else mu
+    return self._decode(z)
+
+
+class ResBlock(nn.Module):
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(x))
+    return x + nn.Conv(self.features, (3, 3), dtype=self.dtype)(y)
+
+
+class Trunk(nn.Module):
+  """conv -> residual blocks -> conv, at a fixed channel count."""
+
+  features: int
+  num_blocks: int
+  out_features: int
+  zero_out: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+    skip = x
+    for _ in range(self.num_blocks):
+      x = ResBlock(self.features, self.dtype)(x)
+    x = x + skip
+    init = nn.initializers.zeros if self.zero_out else nn.initializers.lecun_normal()
+    return nn.Conv(self.out_features, (3, 3), kernel_init=init, dtype=self.dtype)(x)
+
+
+def space_to_depth(x, block: int):
+  n, h, w, c = x.shape
+  x = x.reshape(n, h // block, block, w // block, block, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // block, w // block, block * block * c)
+
+
+def depth_to_space(x, block: int):
+  n, h, w, c = x.shape
+  x = x.reshape(n, h, w, block, block, c // (block * block))
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * block, w * block, c // (block * block))
+
+
+class SRVAE(nn.Module):
+  """A conditional VAE for SR, fully convolutional (any input size).
+
+  The decoder sees LR features and a latent map at LR resolution and predicts a
+  residual over bicubic upsampling. The posterior q(z | LR, HR) sees the HR
+  (space-to-depth to LR resolution); the prior p(z | LR) sees only the LR. At test
+  time z is the prior's mean (or a prior sample), so the latent carries only what
+  the LR cannot: the variation among plausible HR images.
+  """
+
+  scale: int
+  features: int = 64
+  num_blocks: int = 8
+  latent_channels: int = 4
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    half = max(1, self.num_blocks // 2)
+    stats = 2 * self.latent_channels
+    self.lr_encoder = Trunk(self.features, half, self.features, dtype=self.dtype)
+    self.posterior = Trunk(self.features, 1, stats, zero_out=True, dtype=self.dtype)
+    self.prior = Trunk(self.features, 1, stats, zero_out=True, dtype=self.dtype)
+    self.decoder = Trunk(self.features, half, 3 * self.scale ** 2, zero_out=True,
+                         dtype=self.dtype)
+
+  def _decode(self, lr, features, z):
+    residual = self.decoder(jnp.concatenate([features, z.astype(features.dtype)], -1))
+    upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
+    return upscaled + depth_to_space(residual.astype(jnp.float32), self.scale)
+
+  def __call__(self, lr, hr):
+    features = self.lr_encoder(lr)
+    hr_blocks = space_to_depth(hr.astype(features.dtype), self.scale)
+    mu_q, logvar_q = split_gaussian(
+        self.posterior(jnp.concatenate([features, hr_blocks], -1)))
+    mu_p, logvar_p = split_gaussian(self.prior(features))
+    z = reparameterise(self.make_rng("latent"), mu_q, logvar_q)
+    kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
+    return self._decode(lr, features, z), sum_per_example(kl)
+
+  def generate(self, lr, sample: bool = False):
+    features = self.lr_encoder(lr)
+    mu_p, logvar_p = split_gaussian(self.prior(features))
+    z = reparameterise(self.make_rng("latent"), mu_p, logvar_p) if sample else mu_p
+    return self._decode(lr, features, z)
+
+
+def create(config, dtype=jnp.float32) -> nn.Module:
+  """The model named by `config.model.name`, for `config.data`'s scale."""
+  model_config, scale, hr_size = config.model, config.data.scale, config.data.hr_size
+  if model_config.name == "seed":
+    return SeedVAE(scale=scale, hr_size=hr_size, latent_dim=model_config.latent_dim,
+                   dtype=dtype)
+  if model_config.name == "srvae":
+    return SRVAE(scale=scale, features=model_config.features,
+                 num_blocks=model_config.num_blocks,
+                 latent_channels=model_config.latent_channels, dtype=dtype)
+  raise ValueError(f"unknown model {model_config.name!r}; choose seed or srvae.")

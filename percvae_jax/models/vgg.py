@@ -1,0 +1,110 @@
+"""VGG16 feature extractor with the layout of torchvision's ``vgg16().features``.
+
+Used as a frozen network for the perceptual loss and as the LPIPS-VGG backbone.
+Parameter names (``conv{block}_{index}`` with ``kernel`` in HWIO and ``bias``) are the
+ones of the weights files written by :mod:`percvae_jax.pretrained`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# One tap per block: the last ReLU before each max-pool (and the last one of block 5).
+TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+
+# (output channels, number of 3x3 convs) per block, as in the original VGG16 ("D").
+_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def _conv_layout() -> list[tuple[str, int, int, int]]:
+  """(name, block, input channels, output channels) of each conv, in network order."""
+  layout = []
+  in_channels = 3
+  for block, (width, n_convs) in enumerate(_BLOCKS, start=1):
+    for index in range(1, n_convs + 1):
+      layout.append((f"conv{block}_{index}", block, in_channels, width))
+      in_channels = width
+  return layout
+
+
+CONV_NAMES = tuple(name for name, _, _, _ in _conv_layout())
+
+# conv name -> {"kernel": HWIO shape, "bias": shape}; what every weights file must hold.
+PARAM_SHAPES = {
+  name: {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)} for name, _, c_in, c_out in _conv_layout()
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def deepest_block(taps: Iterable[str]) -> int:
+  """1-based index of the deepest block the taps need; rejects unknown taps."""
+  if isinstance(taps, str):
+    raise ValueError(f"taps must be a sequence of tap names such as ({taps!r},), not a string")
+  taps = tuple(taps)
+  unknown = [tap for tap in taps if tap not in TAPS]
+  if unknown:
+    raise ValueError(f"unknown VGG16 tap(s) {unknown}; valid taps are {', '.join(TAPS)}")
+  if not taps:
+    raise ValueError(f"no VGG16 tap requested; valid taps are {', '.join(TAPS)}")
+  return max(TAPS.index(tap) for tap in taps) + 1
+
+
+def convs_for_taps(taps: Iterable[str]) -> tuple[str, ...]:
+  """Names of the convs computed for these taps, in network order."""
+  n_blocks = deepest_block(taps)
+  return tuple(name for name, block, _, _ in _conv_layout() if block <= n_blocks)
+
+
+def params_for_taps(params: Mapping[str, Any], taps: Iterable[str]) -> dict[str, Any]:
+  """Keeps from a full VGG16 params dict only the convs a truncated ``VGG16(taps)`` has."""
+  needed = convs_for_taps(taps)
+  missing = [name for name in needed if name not in params]
+  if missing:
+    raise ValueError(f"VGG16 params lack {missing} needed for taps {tuple(taps)}")
+  return {name: params[name] for name in needed}
+
+
+class VGG16(nn.Module):
+  """VGG16 convolutional trunk that stops at the deepest requested tap.
+
+  Input: NHWC RGB in [0, 1]. With ``normalize`` the ImageNet mean/std the weights were
+  trained with is applied here, so callers never handle it; LPIPS turns it off because
+  it applies its own scaling layer. Returns ``{tap: features}`` for the requested taps.
+  Layers past the deepest tap are neither computed nor given parameters.
+  """
+
+  taps: Sequence[str] = ("relu3_3",)
+  normalize: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    n_blocks = deepest_block(self.taps)
+    x = jnp.asarray(images, jnp.float32)
+    if self.normalize:
+      x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    x = x.astype(self.dtype)
+    features = {}
+    for block, (width, n_convs) in enumerate(_BLOCKS[:n_blocks], start=1):
+      if block > 1:
+        x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+      for index in range(1, n_convs + 1):
+        conv = nn.Conv(
+          width,
+          kernel_size=(3, 3),
+          padding=1,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          name=f"conv{block}_{index}",
+        )
+        x = nn.relu(conv(x))
+      tap = TAPS[block - 1]
+      if tap in self.taps:
+        features[tap] = x
+    return features

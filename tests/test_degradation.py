@@ -1,0 +1,64 @@
+"""The degradation pinned down against PIL, the reference the paper's pipeline used."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from percvae_jax import degradation
+
+RNG = np.random.default_rng(0)
+
+
+def pil_bicubic_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  channels = [Image.fromarray(image[..., c].astype(np.float32), "F").resize(
+      (width, height), Image.BICUBIC) for c in range(image.shape[-1])]
+  return np.stack([np.asarray(c) for c in channels], -1)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [
+    ((96, 80), (48, 40)), ((96, 81), (32, 27)), ((96, 80), (24, 20)), ((96, 80), (12, 10)),
+    ((30, 20), (60, 40)), ((25, 17), (100, 68)), ((40, 40), (31, 53))])
+def test_bicubic_matches_pil(in_hw, out_hw):
+  image = RNG.uniform(0, 255, in_hw + (3,)).astype(np.float32)
+  ours = np.asarray(degradation.bicubic_resize(image, *out_hw))
+  np.testing.assert_allclose(ours, pil_bicubic_float(image, *out_hw), atol=2e-3, rtol=1e-5)
+
+
+def test_bicubic_matches_pil_on_8bit_photo():
+  from conftest import shared_data
+  photo = np.asarray(Image.open(shared_data("Set5", "bird.png")).convert("RGB"))
+  h, w = photo.shape[0] // 4, photo.shape[1] // 4
+  pil = np.asarray(Image.fromarray(photo).resize((w, h), Image.BICUBIC)).astype(np.int32)
+  ours = np.asarray(degradation.bicubic_resize(photo.astype(np.float32), h, w))
+  ours = np.clip(np.round(ours), 0, 255).astype(np.int32)
+  # PIL's 8-bit path rounds between its two passes: at most one level apart.
+  assert np.abs(ours - pil).max() <= 1
+  assert np.mean(ours == pil) > 0.85
+
+
+def test_degrade_shrinks_by_the_scale_and_blurs():
+  hr = RNG.uniform(0, 1, (2, 64, 48, 3)).astype(np.float32)
+  for scale in (2, 3, 4, 8):
+    size = (48 // scale) * scale
+    lr = np.asarray(degradation.degrade(hr[:, :size, :size], scale, 1.0))
+    assert lr.shape == (2, size // scale, size // scale, 3)
+    np.testing.assert_allclose(lr * 255, np.round(lr * 255), atol=1e-3)  # 8-bit grid
+  sharp = np.asarray(degradation.degrade(hr, 2, 0.0))
+  blurred = np.asarray(degradation.degrade(hr, 2, 1.0))
+  assert blurred.std() < sharp.std()  # blur removes high-frequency energy
+  reference = pil_bicubic_float(hr[0] * 255, 32, 24) / 255
+  np.testing.assert_allclose(sharp[0], np.clip(np.round(reference * 255), 0, 255) / 255,
+                             atol=1 / 255 + 1e-6)
+
+
+def test_gaussian_blur_preserves_constants_and_sums_to_one():
+  m = degradation.gaussian_blur_matrix(20, 1.0)
+  np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-12)
+  np.testing.assert_array_equal(degradation.gaussian_blur_matrix(5, 0.0), np.eye(5))
+
+
+def test_degrade_refuses_bad_shapes_and_scales():
+  with pytest.raises(ValueError, match="not divisible by the scale 2"):
+    degradation.degrade(np.zeros((1, 33, 32, 3), np.float32), 2, 1.0)
+  with pytest.raises(ValueError, match="scale 5 is not supported"):
+    degradation.degrade(np.zeros((1, 40, 40, 3), np.float32), 5, 1.0)

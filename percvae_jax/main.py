@@ -19,6 +19,13 @@ from percvae_jax import train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process run (jax.distributed.initialize); on Cloud "
+    "TPU, Slurm, Open MPI and Kubernetes the other flags below are auto-detected.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for a manual multi-process launch.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can fix; they get their message, not a traceback.
@@ -30,6 +37,8 @@ USER_ERRORS = (config_lib.ConfigError, data.DataError, pretrained.MissingWeights
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:

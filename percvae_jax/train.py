@@ -163,17 +163,22 @@ class Sharding:
     self.batch = NamedSharding(self.mesh, P(DATA_AXIS))
 
   def process_rows(self, global_batch: int) -> slice:
-    """The rows of each global batch this process feeds (its devices' rows)."""
-    per_process = global_batch // jax.process_count()
-    start = jax.process_index() * per_process
-    return slice(start, start + per_process)
+    """The rows of each global batch this process feeds: those of its own devices."""
+    index_map = self.batch.addressable_devices_indices_map((global_batch,))
+    starts = sorted({index[0].start or 0 for index in index_map.values()})
+    per_device = global_batch // self.mesh.size
+    rows = slice(starts[0], starts[-1] + per_device)
+    if rows.stop - rows.start != per_device * len(starts):
+      raise RuntimeError(f"this process's devices hold non-contiguous rows {starts}.")
+    return rows
 
   def global_batch(self, local_rows: np.ndarray, global_batch: int):
     shape = (global_batch,) + local_rows.shape[1:]
     return jax.make_array_from_process_local_data(self.batch, local_rows, shape)
 
-  def replicate_host_array(self, array: np.ndarray):
-    return jax.make_array_from_callback(array.shape, self.replicated, lambda i: array[i])
+  def shard_host_batch(self, array: np.ndarray):
+    """A batch every process holds whole, split over the devices."""
+    return jax.make_array_from_callback(array.shape, self.batch, lambda i: array[i])
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
@@ -261,7 +266,7 @@ def evaluate(config, state, eval_step, eval_hr: np.ndarray, sharding: Sharding):
   for start in range(0, len(eval_hr), batch_size):
     chunk = eval_hr[start:start + batch_size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-    values, images = eval_step(state.params, sharding.replicate_host_array(padded))
+    values, images = eval_step(state.params, sharding.shard_host_batch(padded))
     values = jax.device_get(values)
     for k, v in values.items():
       totals[k] = totals.get(k, 0.0) + float(np.sum(v[:len(chunk)]))
@@ -282,8 +287,18 @@ class StopRequested:
     self.requested = True
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final eval."""
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+  """Joins a multi-process run: explicit coordinator flags, or auto-detected on
+  Cloud TPU, Slurm, Open MPI and Kubernetes (all arguments None)."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs.
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # only process 0 logs progress.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the state."""
   config_lib.validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
@@ -312,7 +327,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        out_shardings=(sharding.replicated, sharding.replicated),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(config, model),
-                      in_shardings=(sharding.replicated, sharding.batch))
+                      in_shardings=(sharding.replicated, sharding.batch),
+                      out_shardings=sharding.replicated)
   batches = data.TrainBatches(train_images, config.data.hr_size, config.train.batch_size,
                               config.train.seed, sharding.process_rows(config.train.batch_size))
   first_step = int(jax.device_get(state.step))
@@ -365,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     signal.signal(signal.SIGTERM, previous_handler)
   if last_eval is not None and not stop.requested:
     print_summary(last_eval, config, num_steps, len(eval_hr))
-  return last_eval or {}
+  return state
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -125,7 +125,7 @@ def make_train_step(config, vgg_module):
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32)
         if skip_nonfinite else state.skipped_steps)
     terms = dict(terms, grad_norm=optax.tree.norm(grads),
-                 finite=finite.astype(jnp.float32))
+                 finite=finite.astype(jnp.float32), skipped_steps=new_state.skipped_steps)
     return new_state, terms
 
   return train_step
@@ -186,7 +186,8 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                          create=True)
   quiet_orbax()
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+                               options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def quiet_orbax() -> None:
@@ -233,14 +234,28 @@ def restore(manager: ocp.CheckpointManager, state: TrainState, step: int,
   to_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                              sharding=sharding or x.sharding)
   target = jax.tree.map(to_struct, checkpointed(state))
-  try:
-    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-  except (ValueError, KeyError) as e:
+  _check_compatible(manager, step, target)
+  return state.replace(**manager.restore(step, args=ocp.args.StandardRestore(target)))
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _check_compatible(manager, step: int, target) -> None:
+  """Refuses a checkpoint of another architecture, listing what differs."""
+  saved = _shapes(dict(manager.item_metadata(step).tree)["params"])
+  wanted = _shapes(target["params"])
+  problems = [f"  {k}: checkpoint {saved.get(k, 'missing')}, this config {wanted.get(k, 'missing')}"
+              for k in sorted(saved.keys() | wanted.keys()) if saved.get(k) != wanted.get(k)]
+  if problems:
+    shown = "\n".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more"
+                                         if len(problems) > 12 else "")
     raise config_lib.ConfigError(
-        f"the checkpoint at step {step} in {manager.directory} does not fit this "
-        f"configuration ({e}); use the configuration it was trained with, or a new "
-        "--workdir.") from None
-  return state.replace(**restored)
+        f"the checkpoint at step {step} in {manager.directory} was trained with another "
+        f"configuration; {len(problems)} arrays differ:\n{shown}\nUse the configuration "
+        "it was trained with (see config.json beside it), or a new --workdir.")
 
 
 def save_config(config, workdir: str) -> None:
@@ -315,9 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   manager = checkpoint_manager(workdir, config)
   reporter = reporting.Reporter(workdir, enabled=is_writer)
   latest = manager.latest_step()
+  reporter.truncate_after(latest or 0)  # lines of an attempt that died before saving.
   if latest is not None:
     state = restore(manager, state, latest)
-    reporter.truncate_after(latest)
     logging.info("Resuming from the checkpoint at step %d in %s.", latest, manager.directory)
   elif is_writer:
     save_config(config, workdir)

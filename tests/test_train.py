@@ -123,3 +123,23 @@ def test_cli_checkpoints_and_resumes_where_it_stopped(tmp_path):
   _, _, params_b, _ = train.restore_for_inference(str(straight))
   for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_computes_in_bf16_with_float32_parameters_and_loss():
+  config = tiny_config(train__compute_dtype="bfloat16", loss__gamma=1e-3,
+                       loss__perceptual_layers="relu1_2")
+  model = vae.create(config, train.compute_dtype(config))
+  vgg_module, vgg_params = train.perceptual_network(config)
+  state = train.create_train_state(config, model, vgg_params)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+  batch = {"hr": jnp.asarray(data.TrainBatches(data.embedded_images("train"), 32, 4, 0).batch(0))}
+  step = jax.jit(train.make_train_step(config, vgg_module))
+  hlo = step.lower(state, batch).as_text()
+  assert "bf16" in hlo  # the convolutions run in bfloat16
+  state, terms = step(state, batch)
+  assert terms["loss"].dtype == jnp.float32 and np.isfinite(float(terms["loss"]))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+  reference = tiny_config(loss__gamma=1e-3, loss__perceptual_layers="relu1_2")
+  f32_state = train.create_train_state(reference, vae.create(reference), vgg_params)
+  _, f32_terms = jax.jit(train.make_train_step(reference, vgg_module))(f32_state, batch)
+  assert float(terms["recon"]) == pytest.approx(float(f32_terms["recon"]), rel=0.05)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 # MATLAB's rgb2ycbcr luma for [0,1] RGB, as the published SR tables use.
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], np.float32) / 255.0
@@ -46,17 +45,15 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 
 def _filter_valid(x, window):
-  """Separable 'valid' filtering of NHWC images, one channel at a time."""
-  n, h, w, c = x.shape
-  x = x.transpose(0, 3, 1, 2).reshape(n * c, h, w, 1)
-  k = jnp.asarray(window)
-  x = lax.conv_general_dilated(x, k.reshape(-1, 1, 1, 1), (1, 1), "VALID",
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                               precision="highest")
-  x = lax.conv_general_dilated(x, k.reshape(1, -1, 1, 1), (1, 1), "VALID",
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                               precision="highest")
-  return x.reshape(n, c, x.shape[1], x.shape[2]).transpose(0, 2, 3, 1)
+  """Separable 'valid' filtering of NHWC images by a short window.
+
+  A sum of shifted slices: on CPUs this is an order of magnitude faster than a
+  one-channel convolution, and exact to float rounding.
+  """
+  taps = len(window)
+  h, w = x.shape[-3] - taps + 1, x.shape[-2] - taps + 1
+  x = sum(float(window[k]) * x[..., k:k + h, :, :] for k in range(taps))
+  return sum(float(window[k]) * x[..., :, k:k + w, :] for k in range(taps))
 
 
 def ssim(images, targets, data_range: float = 1.0):

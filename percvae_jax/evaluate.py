@@ -1,0 +1,251 @@
+"""Scores a checkpoint as the published SR tables do, with bicubic side by side.
+
+  python -m percvae_jax.evaluate --workdir DIR --data-dir ../shared/data/Set5 --scale 2
+  python -m percvae_jax.evaluate --workdir DIR --dataset oxford_iiit_pet --num_images 100
+
+Protocols: `classic` (the tables' convention) mod-crops each HR image to a multiple of
+the scale and makes its LR by PIL-exact bicubic downscaling, quantised to 8 bits;
+`train` uses the degradation the checkpoint was trained with (its blur). The model
+runs on each whole image (by tiles, see inference.py) and, like bicubic, its output
+is clipped and quantised to 8 bits before it is measured, as a saved PNG would be.
+Metrics per image and averaged: PSNR and SSIM on RGB, on BT.601 Y with `scale` px of
+border shaved, and LPIPS (AlexNet). Writes a JSON file and LR | bicubic | SR | HR
+grids of the first images next to it (by default in DIR/eval/).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from PIL import Image
+from tqdm import tqdm
+
+from percvae_jax import data
+from percvae_jax import degradation
+from percvae_jax import inference
+from percvae_jax import lpips
+from percvae_jax import metrics
+
+PROTOCOLS = ("classic", "train")
+DATASETS = ("oxford_iiit_pet", "embedded")
+METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y", "lpips")
+# LPIPS's AlexNet needs 31 px on a side; SSIM's 11 px window fits inside the shaved Y.
+MIN_HR_SIDE = 32
+GRID_CROP = 192  # HR px on a side of the crop each grid shows.
+
+
+def folder_sources(root: str) -> list:
+  """(name, load) per image file below `root`; `load()` may raise data.BadImage."""
+  if not os.path.isdir(root):
+    raise data.DataError(f"--data-dir={root!r} is not a directory; point it at a folder "
+                         "of HR images, such as Set5.")
+  paths = data.list_images(root)
+  if not paths:
+    raise data.DataError(
+        f"--data-dir={root!r} holds no image files ({', '.join(data.IMAGE_EXTENSIONS)}); "
+        "point it at a folder of HR images, such as Set5.")
+  return [(os.path.relpath(p, root), functools.partial(data.decode_image, p)) for p in paths]
+
+
+def dataset_sources(data_config, name: str, tfds_data_dir: str | None) -> list:
+  """(name, load) per image of a dataset's evaluation split, decoded when loaded."""
+  data_config = ml_collections.ConfigDict(data_config.to_dict())
+  data_config.name = name
+  if tfds_data_dir is not None:
+    data_config.tfds_data_dir = tfds_data_dir
+  images = data.load_split(data_config, "eval")
+  # `images.load`, not `images[i]`: the latter caches every decoded image.
+  return [(images.names[i], functools.partial(images.load, i)) for i in range(len(images))]
+
+
+def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
+  """The top-left crop whose sides are multiples of `scale` (MATLAB's modcrop)."""
+  height, width = image.shape[:2]
+  return image[:height - height % scale, :width - width % scale]
+
+
+@functools.partial(jax.jit, static_argnames="border")
+def _quality(images, targets, border):
+  return metrics.quality(images, targets, border)
+
+
+def score(hr_uint8: np.ndarray, scale: int, blur_sigma: float, lpips_fn,
+          upscaler: inference.Upscaler | None = None) -> tuple[dict, dict]:
+  """Metrics of bicubic (and of `upscaler`, if given) on one mod-cropped HR image.
+
+  Returns ({"bicubic": M, "model": M}, the uint8 images {"lr", "bicubic", "model",
+  "hr"}), M holding METRICS. Both outputs are measured in one batch: one compile.
+  """
+  hr = hr_uint8.astype(np.float32) / 255.0
+  lr = np.asarray(degradation.degrade(hr, scale, blur_sigma))
+  images = {"bicubic": inference.to_uint8(np.asarray(degradation.bicubic_upscale(lr, scale)))}
+  if upscaler is not None:
+    images["model"] = inference.to_uint8(upscaler(lr))
+  outputs = np.stack(list(images.values())).astype(np.float32) / 255.0
+  targets = np.broadcast_to(hr, outputs.shape)
+  values = dict(_quality(outputs, targets, scale), lpips=lpips_fn(outputs, targets))
+  values = jax.device_get(values)
+  scores = {kind: {m: float(values[m][k]) for m in METRICS} for k, kind in enumerate(images)}
+  return scores, dict(images, lr=inference.to_uint8(lr), hr=hr_uint8)
+
+
+def score_images(sources, scale: int, blur_sigma: float, lpips_fn,
+                 upscaler: inference.Upscaler | None = None) -> Iterator:
+  """`score` over (name, load) sources: yields (name, scores, images) per image, and
+  (name, None, None) for one that cannot be used, after a warning that says why."""
+  for name, load in sources:
+    try:
+      hr = mod_crop(load(), scale)
+    except data.BadImage as e:
+      logging.warning("skipping unreadable image %s", e)
+      yield name, None, None
+      continue
+    if min(hr.shape[:2]) < MIN_HR_SIDE:
+      logging.warning("skipping %s: %dx%d px (mod-cropped) is smaller than the %d px "
+                      "evaluation needs.", name, hr.shape[1], hr.shape[0], MIN_HR_SIDE)
+      yield name, None, None
+      continue
+    yield (name, *score(hr, scale, blur_sigma, lpips_fn, upscaler))
+
+
+def grid(images: dict, scale: int, crop: int = GRID_CROP) -> np.ndarray:
+  """LR (nearest-upscaled) | bicubic | SR | HR: the same central crop of each, uint8."""
+  height, width = images["hr"].shape[:2]
+  size = min(crop, height, width) // scale * scale
+  top = (height - size) // 2 // scale * scale
+  left = (width - size) // 2 // scale * scale
+  lr = images["lr"][top // scale:(top + size) // scale, left // scale:(left + size) // scale]
+  panels = [np.repeat(np.repeat(lr, scale, 0), scale, 1)] + [
+      images[kind][top:top + size, left:left + size] for kind in ("bicubic", "model", "hr")]
+  return np.concatenate(panels, axis=1)
+
+
+def mean_scores(rows: list[dict]) -> dict:
+  return {m: float(np.mean([row[m] for row in rows])) for m in METRICS}
+
+
+def format_table(results: dict) -> str:
+  header = (f"{'PSNR-Y':>7s} {'SSIM-Y':>7s} {'PSNR':>7s} {'SSIM':>7s} {'LPIPS':>6s}")
+  row = lambda m: (f"{m['psnr_y']:7.2f} {m['ssim_y']:7.4f} {m['psnr_rgb']:7.2f} "
+                   f"{m['ssim_rgb']:7.4f} {m['lpips']:6.4f}")
+  width = max([len(image["name"]) for image in results["images"]] + [6])
+  lines = [f"{results['data']}, x{results['scale']}, {results['protocol']} protocol, "
+           f"step {results['step']}: {len(results['images'])} images "
+           "(Y: BT.601 luma, border shaved; RGB: whole image)",
+           f"{'':{width}s}  {'bicubic':^38s}  |  {'model':^38s}",
+           f"{'image':{width}s}  {header}  |  {header}"]
+  lines += [f"{image['name']:{width}s}  {row(image['bicubic'])}  |  {row(image['model'])}"
+            for image in results["images"]]
+  lines.append(f"{'mean':{width}s}  {row(results['bicubic'])}  |  {row(results['model'])}")
+  return "\n".join(lines)
+
+
+def default_output(workdir: str, data_name: str, scale: int, protocol: str, step: int) -> str:
+  return os.path.join(workdir, "eval", f"{data_name}_x{scale}_{protocol}_step{step}.json")
+
+
+def run(workdir: str, *, data_dir: str | None = None, dataset: str | None = None,
+        step: int | None = None, scale: int | None = None, protocol: str = "classic",
+        output: str | None = None, grids: int = 4, num_images: int = 0,
+        tfds_data_dir: str | None = None, tile: int = inference.DEFAULT_TILE) -> dict:
+  """Evaluates a checkpoint on a folder or a dataset; writes and returns the results."""
+  if (data_dir is None) == (dataset is None):
+    raise inference.InferenceError("pass exactly one of --data-dir and --dataset.")
+  if protocol not in PROTOCOLS:
+    raise inference.InferenceError(f"--protocol={protocol!r}; choose one of {PROTOCOLS}.")
+  sources = folder_sources(data_dir) if data_dir is not None else None
+  config, upscaler, step = inference.load_upscaler(workdir, step, tile)
+  if scale is not None and scale != config.data.scale:
+    raise inference.InferenceError(
+        f"--scale={scale}, but the checkpoint in {workdir} upscales by "
+        f"{config.data.scale}; pass --scale={config.data.scale}, or evaluate a run "
+        f"trained with --config.data.scale={scale}.")
+  scale = config.data.scale
+  blur_sigma = config.data.blur_sigma if protocol == "train" else 0.0
+  if sources is None:
+    sources = dataset_sources(config.data, dataset, tfds_data_dir)
+  if num_images > 0:
+    sources = sources[:num_images]
+  data_name = dataset or os.path.basename(os.path.normpath(data_dir))
+  output = output or default_output(workdir, data_name, scale, protocol, step)
+  output_dir = os.path.dirname(os.path.abspath(output))
+  os.makedirs(output_dir, exist_ok=True)
+  grid_prefix = os.path.splitext(os.path.abspath(output))[0]
+
+  rows, skipped = [], []
+  progress = tqdm(sources, desc="evaluating", unit="image")
+  for name, scores, images in score_images(progress, scale, blur_sigma,
+                                           lpips.make_lpips("alex"), upscaler):
+    if scores is None:
+      skipped.append(name)
+      continue
+    rows.append(dict(name=name, **scores))
+    if len(rows) <= grids:
+      stem = os.path.splitext(name)[0].replace(os.sep, "_").replace("/", "_")
+      Image.fromarray(grid(images, scale)).save(f"{grid_prefix}_{stem}.png")
+  if not rows:
+    raise data.DataError(
+        f"none of the {len(sources)} images of {data_dir or dataset} could be evaluated "
+        f"(see the warnings above); each must be a readable image of at least "
+        f"{MIN_HR_SIDE} px on a side.")
+
+  results = {"step": int(step), "scale": scale, "protocol": protocol, "data": data_name,
+             "model": mean_scores([r["model"] for r in rows]),
+             "bicubic": mean_scores([r["bicubic"] for r in rows]),
+             "images": rows, "skipped": skipped}
+  with open(output, "w") as f:
+    json.dump(results, f, indent=2)
+  print(format_table(results))
+  print(f"Wrote {output}" + (f" and {min(grids, len(rows))} grids next to it."
+                             if grids > 0 else "."), flush=True)
+  return results
+
+
+def define_flags() -> None:
+  """The flags, defined only when run as a program: importing this module next to
+  another tool with the same flag names (--workdir) must not clash."""
+  flags.DEFINE_string("workdir", None, "The training run's --workdir.", required=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+  flags.DEFINE_string("data-dir", None, "Folder of HR images (e.g. Set5), searched recursively.")
+  flags.DEFINE_enum("dataset", None, DATASETS,
+                    "Instead of --data-dir: this dataset's evaluation split.")
+  flags.DEFINE_string("tfds_data_dir", None, "With --dataset oxford_iiit_pet: TFDS's "
+                      "data_dir; default: the one the checkpoint was trained with.")
+  flags.DEFINE_integer("num_images", 0, "Evaluate only the first N images; 0: all.")
+  flags.DEFINE_integer("scale", None, "Upscaling factor; must be the checkpoint's (the default).")
+  flags.DEFINE_enum("protocol", "classic", PROTOCOLS, "classic: bicubic LR, as the published "
+                    "tables; train: the checkpoint's training degradation.")
+  flags.DEFINE_string("output", None, "JSON file to write; the grids go next to it. "
+                      "Default: DIR/eval/<data>_x<scale>_<protocol>_step<N>.json.")
+  flags.DEFINE_integer("grids", 4, "Write image grids for the first K images.")
+  flags.DEFINE_integer("tile", inference.DEFAULT_TILE,
+                       "LR px on a side of the tiles the model runs on.")
+  flags.mark_flags_as_mutual_exclusive(["data-dir", "dataset"], required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  try:
+    run(f.workdir, data_dir=f["data-dir"].value, dataset=f.dataset, step=f.step,
+        scale=f.scale, protocol=f.protocol, output=f.output, grids=f.grids,
+        num_images=f.num_images, tfds_data_dir=f.tfds_data_dir, tile=f.tile)
+  except inference.USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

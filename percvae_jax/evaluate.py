@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from collections.abc import Iterator
 
 import jax
@@ -30,6 +29,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
+from percvae_jax import cli
 from percvae_jax import data
 from percvae_jax import degradation
 from percvae_jax import inference
@@ -237,13 +237,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  try:
-    run(f.workdir, data_dir=f["data-dir"].value, dataset=f.dataset, step=f.step,
-        scale=f.scale, protocol=f.protocol, output=f.output, grids=f.grids,
-        num_images=f.num_images, tfds_data_dir=f.tfds_data_dir, tile=f.tile)
-  except inference.USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.exit_on_user_error(
+      run, f.workdir, data_dir=f["data-dir"].value, dataset=f.dataset, step=f.step,
+      scale=f.scale, protocol=f.protocol, output=f.output, grids=f.grids,
+      num_images=f.num_images, tfds_data_dir=f.tfds_data_dir, tile=f.tile)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from percvae_jax import config as config_lib
 from percvae_jax import data
-from percvae_jax import pretrained
 from percvae_jax import train
 
 DEFAULT_TILE = 256  # LR px on a side of each window the model runs on.
@@ -27,11 +25,6 @@ BICUBIC_REACH = 2
 
 class InferenceError(ValueError):
   """A checkpoint or request that inference cannot serve; the message says what to do."""
-
-
-# Errors a user can fix; the command-line tools print their message, not a traceback.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, pretrained.MissingWeightsError,
-               FileNotFoundError, InferenceError)
 
 
 def receptive_radius(params) -> int:

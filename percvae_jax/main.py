@@ -5,15 +5,11 @@ Every config field can be overridden with a flag, e.g.
 workdir resumes from the latest checkpoint.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from percvae_jax import config as config_lib
-from percvae_jax import data
-from percvae_jax import pretrained
+from percvae_jax import cli
 from percvae_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
@@ -28,22 +24,12 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Errors a user can fix; they get their message, not a traceback.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, pretrained.MissingWeightsError,
-               pretrained.InvalidWeightsError,
-               train.NonFiniteLossError)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if _DISTRIBUTED.value or _COORDINATOR.value:
     train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.exit_on_user_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

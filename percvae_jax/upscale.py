@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 
 import jax
 import numpy as np
@@ -24,6 +23,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
+from percvae_jax import cli
 from percvae_jax import data
 from percvae_jax import inference
 
@@ -112,12 +112,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  try:
-    run(f.workdir, f.input, f.output, step=f.step, samples=f.samples, tile=f.tile,
-        seed=f.seed)
-  except inference.USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  cli.exit_on_user_error(run, f.workdir, f.input, f.output, step=f.step, samples=f.samples,
+                         tile=f.tile, seed=f.seed)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from percvae_jax import config as config_lib
@@ -318,6 +319,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   sharding = Sharding()
+  if jax.process_count() > 1 and config.data.name == "oxford_iiit_pet":
+    # One process downloads and prepares the dataset; the others then read it.
+    if is_writer:
+      data.load_split(config.data, "train")
+    multihost_utils.sync_global_devices("dataset prepared")
   train_images = data.load_split(config.data, "train")
   eval_hr, _ = data.eval_crops(data.load_split(config.data, "eval"), config.data.hr_size,
                                config.data.num_eval_images, config.data.eval_crops_per_image)

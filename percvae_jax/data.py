@@ -245,23 +245,20 @@ class TrainBatches:
 
 def eval_crops(images: ImageSet, size: int, limit: int,
                per_image: int = 1) -> tuple[np.ndarray, list[str]]:
-  """Up to `limit` crops of `size`: the central one of each image, or with
-  `per_image` > 1 that many tiles of each image's central grid. uint8 [n, size, size, 3]."""
+  """Up to `limit` crops of `size`, uint8 [n, size, size, 3]: the central crop of each
+  image, or with `per_image` > 1 up to that many tiles of each image's central grid."""
   crops, names = [], []
   for i in range(len(images)):
     image = crop_to(images[i], size)
-    rows, cols = image.shape[0] // size, image.shape[1] // size
-    top0 = (image.shape[0] - rows * size) // 2
-    left0 = (image.shape[1] - cols * size) // 2
-    tiles = [(r, c) for r in range(rows) for c in range(cols)]
     if per_image == 1:
-      tiles = [(rows // 2, cols // 2)]
-      top0 = (image.shape[0] - size) // 2 - rows // 2 * size
-      left0 = (image.shape[1] - size) // 2 - cols // 2 * size
-    for r, c in tiles[:per_image]:
-      top, left = top0 + r * size, left0 + c * size
+      corners = [((image.shape[0] - size) // 2, (image.shape[1] - size) // 2)]
+    else:
+      rows, cols = image.shape[0] // size, image.shape[1] // size
+      top, left = (image.shape[0] - rows * size) // 2, (image.shape[1] - cols * size) // 2
+      corners = [(top + r * size, left + c * size) for r in range(rows) for c in range(cols)]
+    for top, left in corners[:per_image]:
       crops.append(image[top:top + size, left:left + size])
-      names.append(f"{images.names[i]}#{r},{c}")
+      names.append(f"{images.names[i]}@{top},{left}")
       if len(crops) == limit:
         return np.stack(crops), names
   return np.stack(crops), names

@@ -27,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.prefer_eigen_cpu_convolutions()
   if _DISTRIBUTED.value or _COORDINATOR.value:
     train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cli.exit_on_user_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)

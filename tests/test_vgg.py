@@ -10,9 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax import serialization
 
 from percvae_jax import pretrained
+from percvae_jax.models import vgg
 from percvae_jax.models.vgg import CONV_NAMES, PARAM_SHAPES, TAPS, VGG16, params_for_taps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -199,3 +201,18 @@ def test_msgpack_written_by_save_round_trips(tmp_path):
   assert sorted(restored) == sorted(CONV_NAMES)
   assert restored["conv5_3"]["kernel"].shape == (3, 3, 512, 512)
   assert list(tmp_path.joinpath("nested").iterdir()) == [path]  # no temp file left behind
+
+
+def test_reshape_max_pool_matches_flax_values_and_gradients():
+  pre = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3))  # odd: VALID drops a row.
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
+
+  def pooled(pool):
+    # Of ReLU outputs, as VGG pools them: windows of tied zeros included.
+    value, vjp = jax.vjp(lambda p: pool(jax.nn.relu(p)), pre)
+    return value, vjp(cotangent)[0]
+
+  (expected, expected_grad), (actual, actual_grad) = (
+      pooled(lambda x: nn.max_pool(x, (2, 2), (2, 2))), pooled(vgg.max_pool_2x2))
+  np.testing.assert_array_equal(actual, expected)
+  np.testing.assert_allclose(actual_grad, expected_grad, rtol=1e-6)

@@ -70,6 +70,17 @@ def params_for_taps(params: Mapping[str, Any], taps: Iterable[str]) -> dict[str,
   return {name: params[name] for name in needed}
 
 
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+  """torchvision's 2x2/2 max-pool (odd sides floored) as reshape + max.
+
+  Its gradient is an elementwise mask that XLA fuses, where `nn.max_pool`'s is a
+  reduce-window plus a scatter: 10% of the paper's whole train step on a CPU.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class VGG16(nn.Module):
   """VGG16 convolutional trunk that stops at the deepest requested tap.
 
@@ -93,7 +104,7 @@ class VGG16(nn.Module):
     features = {}
     for block, (width, n_convs) in enumerate(_BLOCKS[:n_blocks], start=1):
       if block > 1:
-        x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
       for index in range(1, n_convs + 1):
         conv = nn.Conv(
           width,

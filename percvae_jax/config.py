@@ -31,9 +31,9 @@ def base() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.alpha = 1.0  # weight of L_vae.
-  config.loss.gamma = 1e-4  # weight of L_perceptual.
+  config.loss.gamma = 5e-4  # weight of L_perceptual (>= 1e-3 stalls at bicubic).
   config.loss.recon_weight = 1.0  # weight of the pixel MSE inside L_vae.
-  config.loss.kl_weight = 1e-3  # weight of the KL inside L_vae.
+  config.loss.kl_weight = 3e-5  # weight of the KL inside L_vae (per HR value).
   config.loss.reduction = "mean"  # of L_vae's terms: mean or sum (the paper's).
   config.loss.perceptual_layers = "relu3_3"  # comma-separated VGG16 taps.
   config.loss.perceptual_weights = ""  # comma-separated, one per tap; empty: all 1.

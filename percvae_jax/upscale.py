@@ -62,12 +62,13 @@ def save_png(image: np.ndarray, path: str) -> None:
 
 
 def run(workdir: str, input_path: str, output_dir: str, *, step: int | None = None,
-        samples: int = 0, tile: int = inference.DEFAULT_TILE, seed: int = 0) -> dict:
+        samples: int = 0, tile: int = inference.DEFAULT_TILE, seed: int = 0,
+        temperature: float = inference.DEFAULT_TEMPERATURE) -> dict:
   """Upscales every image of `input_path`; returns {"written": paths, "skipped": paths}."""
   if samples < 0:
     raise inference.InferenceError(f"--samples={samples} must be 0 or more.")
   plan = plan_outputs(input_path, output_dir)
-  _, upscaler, _ = inference.load_upscaler(workdir, step, tile)
+  _, upscaler, _ = inference.load_upscaler(workdir, step, tile, temperature)
   sample_key = jax.random.PRNGKey(seed)
   written, skipped = [], []
   for index, (path, target) in enumerate(tqdm(plan, desc="upscaling", unit="image")):
@@ -103,6 +104,9 @@ def define_flags() -> None:
   flags.DEFINE_string("output", None, "Folder for the PNGs.", required=True)
   flags.DEFINE_integer("samples", 0, "Also write K samples of each image.")
   flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
+  flags.DEFINE_float("temperature", inference.DEFAULT_TEMPERATURE,
+                     "Scale of the prior's spread when sampling: lower keeps samples "
+                     "nearer the mean output, higher makes them differ more.")
   flags.DEFINE_integer("tile", inference.DEFAULT_TILE,
                        "LR px on a side of the tiles the model runs on; lower it to "
                        "use less memory.")
@@ -113,7 +117,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   cli.exit_on_user_error(run, f.workdir, f.input, f.output, step=f.step, samples=f.samples,
-                         tile=f.tile, seed=f.seed)
+                         tile=f.tile, seed=f.seed, temperature=f.temperature)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ budget, then scores it as the published SR tables do, in one table.
   python scripts/benchmark_quality.py --budget cpu           # under 30 min on 2 CPU cores
   python scripts/benchmark_quality.py --budget accelerator   # a lent GPU/TPU, full steps
 
-Training: crops of SunHays80 (--train-dir), LR by bicubic downscaling WITHOUT blur
+Training: crops of SunHays80 (--train-dir; the accelerator budget trains on Oxford-IIIT
+Pet through TFDS instead), LR by bicubic downscaling WITHOUT blur
 (data.blur_sigma=0), the degradation the classic protocol scores with; a model trained
 on blurred LR over-sharpens classic LR. Per scale it trains:
   - the ablation, through scripts/sweep.py (one --point each): reconstruction only
@@ -15,8 +16,9 @@ on blurred LR over-sharpens classic LR. Per scale it trains:
     its hr_size px of each image, beside bicubic on the same crops (marked in the table).
 Scoring (percvae_jax.evaluate, classic protocol): Y-PSNR and Y-SSIM (BT.601, `scale` px
 shaved) and LPIPS (AlexNet) on whole Set5 and Set14 images. For the default it also
-draws K prior samples of each Set5 image: their mean pairwise LPIPS (do samples
-differ?) and each sample's LPIPS to the HR against the mean output's.
+draws K prior samples of each Set5 image at upscale's default temperature: their mean
+pairwise LPIPS (do samples differ?) and each sample's LPIPS to the HR against the mean
+output's.
 
 Writes OUT/results.md (the table, the targets met or not, the timings), OUT/results.json,
 and OUT/grid_x<S>.png (crops: bicubic | recon only | +relu2_2 | +relu3_3 | HR). The
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import runpy
 import subprocess
 import sys
 import time
@@ -43,10 +46,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"  # the real photos, beside the repository.
 SWEEP = REPO / "scripts" / "sweep.py"
 
-# The ablation's sweep points, {gamma} being the budget's perceptual weight.
+# The ablation's sweep points over configs/default.py: its perceptual weight
+# (loss.gamma) at either tap, or none.
+DEFAULT_CONFIG = REPO / "configs" / "default.py"
 ABLATION = {"recon": "loss.gamma=0",
-            "relu2_2": "loss.gamma={gamma};loss.perceptual_layers=relu2_2",
-            "relu3_3": "loss.gamma={gamma};loss.perceptual_layers=relu3_3"}
+            "relu2_2": "loss.perceptual_layers=relu2_2",
+            "relu3_3": "loss.perceptual_layers=relu3_3"}
 LABELS = {"bicubic": "bicubic",
           "paper": "paper (seed VAE)",
           "recon": "recon only = pixel loss (gamma=0)",
@@ -55,34 +60,33 @@ LABELS = {"bicubic": "bicubic",
 GRID_IMAGES = (("Set5", "butterfly.png"), ("Set14", "baboon.png"))
 GRID_CROP = 160  # HR px on a side of each picture-grid panel.
 
-# Per budget: the perceptual weight of the ablation, overrides of every ablation run and
-# of the paper run, and what each scale trains.
-# CPU, measured on 2 shared EPYC cores at hr 96, batch 16: a step takes 0.4 s with the
-# pixel loss, 1.1-1.7 s with relu2_2, 1.5-2.6 s with relu3_3 (the VGG costs 4x the
-# model), so each configuration gets 200 steps, and x4 trains fewer (no paper, no
-# relu2_2). The trunk is narrowed to 32 channels and 4 blocks: the default 64x8 takes 6x
-# longer a step. Tuned at x2 on Set5 / Set14: kl_weight 2e-5 to 4e-5 rather than 1e-3
-# lowers the mean output's LPIPS by 7-10% (pixel loss, 150 steps: 0.081-0.083 /
-# 0.137-0.140 against 0.090 / 0.151) for -0.1 dB; gamma 3e-4 rather than 1e-4 (200
-# steps) brings relu3_3's Set14 LPIPS from 0.78x to 0.73x bicubic's, still +1.05 dB.
+# Per budget: overrides of every ablation run and of the paper run, and what each
+# scale trains. The losses' weights are configs/default.py's.
+# CPU, measured on 2 EPYC cores at hr 96, batch 16: a step takes 0.2 s with the pixel
+# loss, 0.5 s with relu2_2 and 0.7 s with relu3_3 when the cores are idle (the VGG costs
+# 3x the model; 2-3x longer under load), so each configuration gets 400 steps, the
+# paper's 200, and x4 trains fewer (no paper, no relu2_2): ~18 min on idle cores. The
+# trunk is narrowed to 32 channels and 4 blocks (the default 64x8 takes 6x longer a
+# step) and the learning rate raised to 1e-3.
 BUDGETS = {
     "cpu": {
-        "gamma": "3e-4",
+        "train_data": "folder",
         "shared": ["data.hr_size=96", "train.batch_size=16", "model.features=32",
-                   "model.num_blocks=4", "loss.kl_weight=3e-5", "train.learning_rate=2e-3",
-                   "train.warmup_steps=50", "train.num_steps=200", "train.log_every=50",
+                   "model.num_blocks=4", "train.learning_rate=1e-3",
+                   "train.warmup_steps=50", "train.num_steps=400", "train.log_every=50",
                    "train.eval_every=50", "train.checkpoint_every=50",
                    "data.num_eval_images=5"],
         "paper": ["data.resize_shorter=0", "data.hr_size=96", "train.batch_size=16",
-                  "train.num_steps=100", "train.log_every=25", "train.eval_every=50",
+                  "train.num_steps=200", "train.log_every=50", "train.eval_every=50",
                   "train.checkpoint_every=50", "data.num_eval_images=5"],
         "scales": {2: ("recon", "relu2_2", "relu3_3", "paper"), 4: ("recon", "relu3_3")},
     },
-    # The configs as they are (default: 64x8 trunk, hr 128, batch 32, lr 2e-4, gamma
-    # 1e-4, kl_weight 1e-3, 20k steps; paper: 23k steps) on SunHays80, every
-    # configuration at both scales; hours on one accelerator.
+    # The configs as they are (default: 64x8 trunk, hr 128, batch 32, lr 2e-4, 20k
+    # steps; paper: 23k steps), trained on Oxford-IIIT Pet through TFDS (prepare it
+    # beforehand on an offline machine), every configuration at both scales; hours on
+    # one accelerator.
     "accelerator": {
-        "gamma": "1e-4",
+        "train_data": "oxford_iiit_pet",
         "shared": ["train.eval_every=1000", "train.checkpoint_every=1000",
                    "data.num_eval_images=5"],
         "paper": ["data.resize_shorter=0", "train.eval_every=1000",
@@ -102,21 +106,24 @@ class BenchmarkError(RuntimeError):
   """Missing data or a failed training; the message says what to do."""
 
 
-def data_overrides(train_dir: str, eval_dir: str, scale: int) -> list[str]:
-  return ["data.name=folder", f"data.train_dir={train_dir}", f"data.eval_dir={eval_dir}",
-          "data.blur_sigma=0", f"data.scale={scale}"]
+def data_overrides(budget: dict, dirs: dict, scale: int) -> list[str]:
+  """The budget's training photos, degraded as the classic protocol scores."""
+  source = (["data.name=oxford_iiit_pet"] if budget["train_data"] == "oxford_iiit_pet" else
+            ["data.name=folder", f"data.train_dir={dirs['train']}",
+             f"data.eval_dir={dirs['Set5']}"])
+  return source + ["data.blur_sigma=0", f"data.scale={scale}"]
 
 
 def train_ablation(out: Path, scale: int, labels, budget: dict, dirs: dict, env) -> dict:
   """Trains the ablation's points through scripts/sweep.py; {label: workdir}."""
   labels = [label for label in ABLATION if label in labels]
   root = out / f"x{scale}"
-  sets = data_overrides(dirs["train"], dirs["Set5"], scale) + budget["shared"]
-  command = [sys.executable, str(SWEEP), "--config", str(REPO / "configs" / "default.py"),
+  sets = data_overrides(budget, dirs, scale) + budget["shared"]
+  command = [sys.executable, str(SWEEP), "--config", str(DEFAULT_CONFIG),
              "--workdir-root", str(root), "--json", str(root / "sweep.json"),
              *[a for s in sets for a in ("--set", s)],
              *[a for label in labels
-               for a in ("--point", ABLATION[label].format(gamma=budget["gamma"]))]]
+               for a in ("--point", ABLATION[label])]]
   if subprocess.run(command, check=False, env=env).returncode:
     raise BenchmarkError(f"scripts/sweep.py failed in {root}; see the log above.")
   runs = json.loads((root / "sweep.json").read_text())["runs"]
@@ -125,7 +132,7 @@ def train_ablation(out: Path, scale: int, labels, budget: dict, dirs: dict, env)
 
 def train_paper(out: Path, scale: int, budget: dict, dirs: dict, env) -> Path:
   workdir = out / f"x{scale}" / "paper"
-  sets = data_overrides(dirs["train"], dirs["Set5"], scale) + budget["paper"]
+  sets = data_overrides(budget, dirs, scale) + budget["paper"]
   command = [sys.executable, "-m", "percvae_jax.main", "--config",
              str(REPO / "configs" / "paper.py"), "--workdir", str(workdir),
              *[f"--config.{s}" for s in sets]]
@@ -148,11 +155,12 @@ def score_crops(workdir: Path, set_dir: str, lpips_fn) -> dict:
           "bicubic": evaluate.mean_scores([s["bicubic"] for s in scores])}
 
 
-def sample_diversity(workdir: Path, set_dir: str, num_samples: int, lpips_fn) -> dict:
+def sample_diversity(workdir: Path, set_dir: str, num_samples: int, lpips_fn,
+                     temperature: float) -> dict:
   """LPIPS among K prior samples of each image, and of each sample and the mean to the HR."""
   import jax  # pylint: disable=g-import-not-at-top
   from percvae_jax import degradation, evaluate, inference  # pylint: disable=g-import-not-at-top
-  _, upscaler, _ = inference.load_upscaler(str(workdir))
+  _, upscaler, _ = inference.load_upscaler(str(workdir), temperature=temperature)
   first, second = np.triu_indices(num_samples, 1)
   to_hr, pairwise = [], []
   for index, (_, load) in enumerate(evaluate.folder_sources(set_dir)):
@@ -171,7 +179,8 @@ def sample_diversity(workdir: Path, set_dir: str, num_samples: int, lpips_fn) ->
     pairwise.append(distances[len(outputs):])
   to_hr = np.asarray(to_hr)
   mean_lpips, sample_lpips = float(to_hr[:, 0].mean()), to_hr[:, 1:].mean(axis=0)
-  return {"samples": num_samples, "pairwise_lpips": float(np.mean(pairwise)),
+  return {"samples": num_samples, "temperature": temperature,
+          "pairwise_lpips": float(np.mean(pairwise)),
           "mean_output_lpips": mean_lpips, "sample_lpips": sample_lpips.tolist(),
           "max_relative_gap": float(np.max(np.abs(sample_lpips / mean_lpips - 1.0)))}
 
@@ -250,6 +259,12 @@ def check_targets(results: dict, diversity: dict) -> list[tuple[str, bool]]:
   return checks
 
 
+def default_gamma() -> str:
+  """configs/default.py's perceptual weight, as the table labels it."""
+  gamma = runpy.run_path(str(DEFAULT_CONFIG))["get_config"]().loss.gamma
+  return np.format_float_scientific(gamma, trim="-", exp_digits=1)
+
+
 def label(method: str, gamma: str) -> str:
   return LABELS[method] + (f" (gamma={gamma})" if method in ("relu2_2", "relu3_3") else "")
 
@@ -264,7 +279,8 @@ def markdown(rows: list[dict], diversity: dict, checks, timing: dict, gamma: str
                  f"{r['ssim_y']:.4f} | {r['lpips']:.4f} | {extra[0]} | {extra[1]} | "
                  f"{r.get('note', '')} |")
   for scale, d in diversity.items():
-    lines.append(f"\nSamples of the perceptual default, Set5 {scale}, K={d['samples']}: mean "
+    lines.append(f"\nSamples of the perceptual default, Set5 {scale}, K={d['samples']} at "
+                 f"temperature {d['temperature']:g}: mean "
                  f"pairwise LPIPS {d['pairwise_lpips']:.4f}; LPIPS to HR of the mean output "
                  f"{d['mean_output_lpips']:.4f}, of each sample "
                  + ", ".join(f"{v:.4f}" for v in d["sample_lpips"])
@@ -284,12 +300,15 @@ def cpu_seconds() -> float:
               resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def run(budget_name: str, out: Path, dirs: dict, num_samples: int) -> dict:
+def run(budget_name: str, out: Path, dirs: dict, num_samples: int,
+        temperature: float) -> dict:
+  budget = BUDGETS[budget_name]
   for name, path in dirs.items():
+    if name == "train" and budget["train_data"] != "folder":
+      continue
     if not os.path.isdir(path):
       raise BenchmarkError(f"--{name.lower()}-dir={path!r} is not a directory; the real "
                            "photos live in ../shared/data beside the repository.")
-  budget = BUDGETS[budget_name]
   start, load_before = time.perf_counter(), os.getloadavg()[0]
   out.mkdir(parents=True, exist_ok=True)
   cache = str(out / "jax_cache")
@@ -322,13 +341,13 @@ def run(budget_name: str, out: Path, dirs: dict, num_samples: int) -> dict:
         entry["bicubic"] = scored["bicubic"]
     if "relu3_3" in runs:
       diversity[f"x{scale}"] = sample_diversity(runs["relu3_3"], dirs["Set5"], num_samples,
-                                                lpips_fn)
+                                                lpips_fn, temperature)
     picture_grid(runs, dirs, scale, out / f"grid_x{scale}.png")
   timing = {"wall_s": time.perf_counter() - start, "train_s": train_s,
             "score_s": time.perf_counter() - start - train_s, "cpu_s": cpu_seconds(),
             "load_before": load_before, "load_after": os.getloadavg()[0]}
   rows, checks = table_rows(results), check_targets(results, diversity)
-  report = markdown(rows, diversity, checks, timing, budget["gamma"])
+  report = markdown(rows, diversity, checks, timing, default_gamma())
   (out / "results.md").write_text(report + "\n")
   summary = {"budget": budget_name, "budget_overrides": budget, "rows": rows,
              "diversity": diversity, "targets": [{"target": t, "met": ok} for t, ok in checks],
@@ -345,10 +364,12 @@ def define_flags() -> None:
   flags.DEFINE_enum("budget", "cpu", list(BUDGETS), "cpu: under 30 min on 2 CPU cores; "
                     "accelerator: the configs' full step counts on a GPU/TPU.")
   flags.DEFINE_string("output-dir", "runs/benchmark_quality", "Where the runs and results go.")
-  flags.DEFINE_string("train-dir", str(DATA / "SunHays80"), "HR photos to train on.")
+  flags.DEFINE_string("train-dir", str(DATA / "SunHays80"), "HR photos to train on (the cpu budget).")
   flags.DEFINE_string("set5-dir", str(DATA / "Set5"), "Set5 HR images.")
   flags.DEFINE_string("set14-dir", str(DATA / "Set14"), "Set14 HR images.")
   flags.DEFINE_integer("samples", 4, "Prior samples per Set5 image for the diversity check.")
+  flags.DEFINE_float("temperature", None, "Sampling temperature of the diversity check; "
+                     "default: upscale's (percvae_jax.inference.DEFAULT_TEMPERATURE).")
 
 
 def main(argv):
@@ -358,7 +379,9 @@ def main(argv):
   dirs = {name: os.path.abspath(f[f"{name.lower()}-dir"].value)
           for name in ("train", "Set5", "Set14")}
   try:
-    run(f.budget, Path(f["output-dir"].value), dirs, f.samples)
+    from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+    temperature = inference.DEFAULT_TEMPERATURE if f.temperature is None else f.temperature
+    run(f.budget, Path(f["output-dir"].value), dirs, f.samples, temperature)
   except BenchmarkError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

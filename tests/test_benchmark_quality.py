@@ -47,7 +47,8 @@ def test_the_seed_model_is_scored_on_central_crops_beside_bicubic(checkpoints, l
 
 def test_sample_diversity_measures_samples_against_each_other_and_the_hr(checkpoints,
                                                                        lpips_fn):
-  result = bq.sample_diversity(checkpoints["srvae"], str(shared_data("Set5")), 3, lpips_fn)
+  result = bq.sample_diversity(checkpoints["srvae"], str(shared_data("Set5")), 3, lpips_fn,
+                               temperature=0.5)
   assert result["samples"] == 3 and len(result["sample_lpips"]) == 3
   assert result["pairwise_lpips"] >= 0 and result["mean_output_lpips"] > 0
   gaps = [abs(v / result["mean_output_lpips"] - 1) for v in result["sample_lpips"]]
@@ -82,7 +83,7 @@ def test_targets_are_checked_from_the_measured_numbers():
                    "relu3_3": {"model": _scores(29.9, 0.12)}},
       "Set5 x4": {"bicubic": bicubic, "paper": {"crop": 96, "model": _scores(20.0, 0.5),
                                                 "bicubic": _scores(28.0, 0.3)}}}
-  diversity = {"x2": {"samples": 4, "pairwise_lpips": 0.02, "mean_output_lpips": 0.1,
+  diversity = {"x2": {"samples": 4, "temperature": 0.7, "pairwise_lpips": 0.02, "mean_output_lpips": 0.1,
                       "sample_lpips": [0.1, 0.105, 0.12, 0.1], "max_relative_gap": 0.2}}
   met = [ok for _, ok in bq.check_targets(results, diversity)]
   # Set5: pixel +1.2 ok, default 0.70x and +0.5 ok; Set14: pixel +0.9 fails, default
@@ -99,6 +100,7 @@ def test_targets_are_checked_from_the_measured_numbers():
       in table
   assert "| Set14 x2 | recon + relu3_3 = perceptual default (gamma=3e-4) | 29.90 |" in table
   assert table.count("NOT MET") == 3
+  assert "Set5 x2, K=4 at temperature 0.7: mean pairwise LPIPS 0.0200" in table
 
 
 def test_missing_data_is_refused_with_the_flag_to_fix(tmp_path):
@@ -108,3 +110,13 @@ def test_missing_data_is_refused_with_the_flag_to_fix(tmp_path):
       capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 1 and "--train-dir" in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_budgets_train_on_their_data_with_the_classic_degradation():
+  dirs = {"train": "/photos", "Set5": "/set5"}
+  cpu = bq.data_overrides(bq.BUDGETS["cpu"], dirs, 2)
+  assert cpu == ["data.name=folder", "data.train_dir=/photos", "data.eval_dir=/set5",
+                 "data.blur_sigma=0", "data.scale=2"]
+  pets = bq.data_overrides(bq.BUDGETS["accelerator"], dirs, 4)
+  assert pets == ["data.name=oxford_iiit_pet", "data.blur_sigma=0", "data.scale=4"]
+  assert not any(s.startswith("loss.") for b in bq.BUDGETS.values() for s in b["shared"])

@@ -45,6 +45,12 @@ def test_reparameterisation_uses_half_the_log_variance():
   assert abs(float(jnp.std(z)) - 2.0) < 0.02
 
 
+def test_temperature_scales_the_spread_of_samples():
+  logvar = jnp.full((200_000,), jnp.log(4.0))
+  z = vae.reparameterise(jax.random.PRNGKey(0), jnp.ones_like(logvar), logvar, 0.5)
+  assert abs(float(jnp.std(z)) - 1.0) < 0.01 and abs(float(jnp.mean(z)) - 1.0) < 0.01
+
+
 def test_gaussian_kl_matches_the_closed_form():
   kl = vae.gaussian_kl(jnp.array(1.0), jnp.log(jnp.array(2.0)), jnp.array(0.0),
                        jnp.array(0.0))

@@ -136,6 +136,18 @@ def test_samples_are_written_and_differ(tiny_workdir, tmp_path):
   assert np.abs(first - mean).mean() > 0.5
 
 
+def test_temperature_zero_samples_the_mean_and_negative_is_refused(tiny_workdir, tmp_path):
+  crop_of(require_set("Set5") / "head.png", 48).save(tmp_path / "head.png")
+  upscale.run(tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out"), samples=1,
+              temperature=0.0)
+  mean, sample = (np.asarray(Image.open(tmp_path / "out" / n))
+                  for n in ("head.png", "head_sample1.png"))
+  np.testing.assert_array_equal(sample, mean)
+  with pytest.raises(inference.InferenceError, match="--temperature=-1.0 must be 0 or more"):
+    upscale.run(tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out2"),
+                temperature=-1.0)
+
+
 def run_module(*args) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
                         text=True, timeout=300)

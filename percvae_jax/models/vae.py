@@ -33,8 +33,9 @@ def split_gaussian(stats):
   return mu, jnp.clip(logvar, *LOGVAR_RANGE)
 
 
-def reparameterise(rng, mu, logvar):
-  return mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
+def reparameterise(rng, mu, logvar, temperature=1.0):
+  """z = mu + temperature * sigma * eps; temperature < 1 draws nearer the mean."""
+  return mu + temperature * jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
 
 
 def sum_per_example(x):
@@ -93,9 +94,9 @@ class SeedVAE(nn.Module):
     kl = gaussian_kl(mu, logvar, jnp.zeros_like(mu), jnp.zeros_like(logvar))
     return self._decode(z), sum_per_example(kl)
 
-  def generate(self, lr, sample: bool = False):
+  def generate(self, lr, sample: bool = False, temperature: float = 1.0):
     mu, logvar = self._posterior(lr)
-    z = reparameterise(self.make_rng("latent"), mu, logvar) if sample else mu
+    z = reparameterise(self.make_rng("latent"), mu, logvar, temperature) if sample else mu
     return self._decode(z)
 
 
@@ -166,26 +167,31 @@ class SRVAE(nn.Module):
     self.decoder = Trunk(self.features, half, 3 * self.scale ** 2, zero_out=True,
                          dtype=self.dtype)
 
-  def _decode(self, lr, features, z):
+  def _decode(self, upscaled, features, z):
     residual = self.decoder(jnp.concatenate([features, z.astype(features.dtype)], -1))
-    upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
     return upscaled + depth_to_space(residual.astype(jnp.float32), self.scale)
 
   def __call__(self, lr, hr):
     features = self.lr_encoder(lr)
-    hr_blocks = space_to_depth(hr.astype(features.dtype), self.scale)
+    upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
+    # The posterior sees what the decoder must add (the HR's residual over bicubic),
+    # so the latent learns to carry it before the decoder learns to ignore the noise.
+    missing = space_to_depth((hr.astype(jnp.float32) - upscaled).astype(features.dtype),
+                             self.scale)
     mu_q, logvar_q = split_gaussian(
-        self.posterior(jnp.concatenate([features, hr_blocks], -1)))
+        self.posterior(jnp.concatenate([features, missing], -1)))
     mu_p, logvar_p = split_gaussian(self.prior(features))
     z = reparameterise(self.make_rng("latent"), mu_q, logvar_q)
     kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
-    return self._decode(lr, features, z), sum_per_example(kl)
+    return self._decode(upscaled, features, z), sum_per_example(kl)
 
-  def generate(self, lr, sample: bool = False):
+  def generate(self, lr, sample: bool = False, temperature: float = 1.0):
     features = self.lr_encoder(lr)
     mu_p, logvar_p = split_gaussian(self.prior(features))
-    z = reparameterise(self.make_rng("latent"), mu_p, logvar_p) if sample else mu_p
-    return self._decode(lr, features, z)
+    z = (reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) if sample
+         else mu_p)
+    upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
+    return self._decode(upscaled, features, z)
 
 
 def create(config, dtype=jnp.float32) -> nn.Module:

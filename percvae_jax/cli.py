@@ -2,29 +2,24 @@
 
 Each tool's `main` runs its work through `exit_on_user_error`, so a bad flag, config,
 folder or checkpoint prints one line naming the problem and the fix (exit code 1),
-never a traceback from deep inside JAX.
+never a traceback from deep inside JAX; a second Ctrl-C exits with 130, quietly.
 """
 
 import os
 import sys
 
-from percvae_jax import config as config_lib
-from percvae_jax import data
-from percvae_jax import inference
-from percvae_jax import pretrained
-from percvae_jax import train
-
-USER_ERRORS = (config_lib.ConfigError, data.DataError, pretrained.MissingWeightsError,
-               pretrained.InvalidWeightsError, train.NonFiniteLossError, FileNotFoundError,
-               inference.InferenceError)
+from percvae_jax.errors import UserError
 
 
 def exit_on_user_error(function, *args, **kwargs):
   try:
     return function(*args, **kwargs)
-  except USER_ERRORS as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print("Interrupted.", file=sys.stderr)
+    sys.exit(130)
 
 
 def prefer_eigen_cpu_convolutions() -> None:

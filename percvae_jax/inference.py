@@ -4,43 +4,37 @@ Shared by `evaluate` and `upscale`, so a score and a written PNG come from the s
 computation. The LR image is cut into windows of one shape (`tile` px on a side, or
 the image's side where that is smaller), so jit compiles once per shape and memory is
 bounded by the tile, not by the image. Each window keeps only the stretch that lies
-at least `margin` LR px inside it, the model's receptive radius (`receptive_radius`).
-Windows at the image's edges are shifted inwards rather than padded, so every kept
-pixel sees what it would in one pass over the whole image (the convolutions' zero
-padding falls on the image's true border): the tiled result is the untiled one.
+at least `margin` LR px inside it, the reach of the model's generation path
+(`vae.generation_reach`). Windows at the image's edges are shifted inwards rather
+than padded, so every kept pixel sees what it would in one pass over the whole image
+(the convolutions' zero padding falls on the image's true border): the tiled result
+is the untiled one.
+
+Models come from a training run's checkpoint (`--workdir`) or from the released
+models shipped with the package (`--model NAME`, or the one for `--scale S`).
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 
-from percvae_jax import data
-from percvae_jax import train
+from percvae_jax import checkpoints
+from percvae_jax import devices
+from percvae_jax import released
+from percvae_jax.errors import CheckpointError, InferenceError
+from percvae_jax.models import vae
 
-DEFAULT_TILE = 256  # LR px on a side of each window the model runs on.
+# LR px on a side of each window the model runs on: on 2 CPU cores, 192 to 384 px
+# run at the same speed per pixel; smaller windows pay more for their margins.
+DEFAULT_TILE = 256
 # Samples draw z = mu + temperature * sigma * eps from the prior. Chosen on Set5 x2 by
 # scripts/benchmark_quality.py's CPU budget: at 1.0 samples differ most but lie ~50%
 # further from the HR (LPIPS) than the mean output; at 0.75 they still differ (mean
 # pairwise LPIPS 0.013) and lie within 6% of it; at 0.6 they differ by under 0.01.
 DEFAULT_TEMPERATURE = 0.75
-# Bicubic upsampling reads 2 LR px on each side of an output pixel.
-BICUBIC_REACH = 2
-
-
-class InferenceError(ValueError):
-  """A checkpoint or request that inference cannot serve; the message says what to do."""
-
-
-def receptive_radius(params) -> int:
-  """How many LR px on each side of a pixel the model may read, an upper bound.
-
-  Counted from the convolution kernels, as if every one lay on a single path (the
-  posterior's too, which generation never runs), plus the bicubic skip.
-  """
-  kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-             if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 4]
-  return sum(max(k.shape[0], k.shape[1]) // 2 for k in kernels) + BICUBIC_REACH
 
 
 def window_spans(size: int, tile: int, margin: int) -> list[tuple[int, int, int]]:
@@ -73,7 +67,7 @@ class Upscaler:
       raise InferenceError(f"--temperature={temperature} must be 0 or more (0: every "
                            "sample is the mean output, 1: the prior as trained).")
     self.scale = scale
-    self.margin = receptive_radius(params)
+    self.margin = vae.generation_reach(model, params)
     if tile <= 2 * self.margin:
       raise InferenceError(
           f"--tile={tile} leaves no room inside the {self.margin} px margin this model "
@@ -114,16 +108,66 @@ class Upscaler:
     return out
 
 
-def load_upscaler(workdir: str, step: int | None = None, tile: int = DEFAULT_TILE,
-                  temperature: float = DEFAULT_TEMPERATURE):
-  """(config, Upscaler, step) of a run's checkpoint, on this host's devices."""
-  config = train.load_config(workdir)
+def restore_model(workdir: str, step: int | None = None):
+  """(config, model, params, step) of a run's checkpoint, the parameters alone,
+  replicated on this host's devices (whatever the devices it was trained on)."""
+  config = checkpoints.load_config(workdir)
+  model = vae.create(config)
+  if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+    raise CheckpointError(f"{workdir!r} has no checkpoints/ folder yet; train first, or pass "
+                          "the --workdir of a run that saved a checkpoint.")
+  manager = checkpoints.manager(workdir, read_only=True)
+  try:
+    steps = list(manager.all_steps())
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in steps:
+      raise CheckpointError(
+          f"no checkpoint{'' if step is None else f' at step {step}'} in "
+          f"{manager.directory}; steps there: {steps}. Pass one of them with --step, or "
+          "train first.")
+    abstract = jax.eval_shape(lambda: vae.init_params(model, config, jax.random.PRNGKey(0)))
+    params = checkpoints.restore_params(manager, step, abstract, devices.local_replicated())
+  finally:
+    manager.close()
+  return config, model, params, step
+
+
+def load_model(workdir: str | None = None, name: str | None = None, scale: int | None = None,
+               step: int | None = None):
+  """(config, model, params, source) from a run's --workdir, a released model's name,
+  or the released model for `scale`; a `scale` that the model does not have is refused.
+  `source` says where it came from: {"workdir", "step"} or {"model"}."""
+  if workdir is not None and name is not None:
+    raise InferenceError("pass --workdir (a training run) or --model (a released model), "
+                         "not both.")
+  if workdir is not None:
+    config, model, params, step = restore_model(workdir, step)
+    source = {"workdir": workdir, "step": int(step)}
+    label = f"the checkpoint at step {step} in {workdir}"
+  else:
+    name = name or released.name_for_scale(scale)
+    config, params = released.load(name)
+    model = vae.create(config)
+    source = {"model": name}
+    label = f"the released model {name!r}"
+  if scale is not None and scale != config.data.scale:
+    raise InferenceError(
+        f"--scale={scale}, but {label} upscales by {config.data.scale}; pass "
+        f"--scale={config.data.scale}, or a model of scale {scale} (released: "
+        f"{', '.join(released.names())}).")
   if config.model.name != "srvae":
     lr_side = config.data.hr_size // config.data.scale
     raise InferenceError(
-        f"the checkpoint in {workdir} is a {config.model.name!r} model, which takes only "
-        f"{lr_side}x{lr_side} px LR inputs (its training crop), so it cannot super-resolve "
-        "whole images; evaluate and upscale need a fully convolutional model, trained "
-        "with --config.model.name=srvae.")
-  config, model, params, step = train.restore_for_inference(workdir, step)
-  return config, Upscaler(model, params, config.data.scale, tile, temperature), step
+        f"{label} is a {config.model.name!r} model, which takes only {lr_side}x{lr_side} px "
+        "LR inputs (its training crop), so it cannot super-resolve whole images; evaluate "
+        "and upscale need a fully convolutional model, trained with "
+        "--config.model.name=srvae.")
+  return config, model, params, source
+
+
+def load_upscaler(workdir: str | None = None, name: str | None = None,
+                  scale: int | None = None, step: int | None = None,
+                  tile: int = DEFAULT_TILE, temperature: float = DEFAULT_TEMPERATURE):
+  """(config, Upscaler, source) for `load_model`'s arguments."""
+  config, model, params, source = load_model(workdir, name, scale, step)
+  return config, Upscaler(model, params, config.data.scale, tile, temperature), source

@@ -5,11 +5,15 @@ Every config field can be overridden with a flag, e.g.
 workdir resumes from the latest checkpoint.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from percvae_jax import cli
+from percvae_jax import config as config_lib
+from percvae_jax import devices
 from percvae_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
@@ -24,14 +28,24 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+def parse_flags(argv):
+  """absl's flag parsing, with an unknown --config field as one line, not a traceback."""
+  try:
+    config_lib.check_overrides(argv)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  return flags.FLAGS(argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cli.prefer_eigen_cpu_convolutions()
   if _DISTRIBUTED.value or _COORDINATOR.value:
-    train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    devices.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cli.exit_on_user_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

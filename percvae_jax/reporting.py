@@ -9,15 +9,30 @@ from __future__ import annotations
 import json
 import os
 
+from collections.abc import Sequence
+
 import numpy as np
 from absl import logging
+from PIL import Image, ImageDraw
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """The records of a metrics file; a torn last line (a kill or a full disk during
+  the append) is dropped with a warning."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = []
+  for k, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if k < len(lines) - 1:
+        raise
+      logging.warning("%s: dropping its torn last line %r (written when a run stopped).",
+                      path, line[:80])
+  return records
 
 
 class Reporter:
@@ -32,7 +47,8 @@ class Reporter:
       self._tensorboard = SummaryWriter(workdir)
 
   def truncate_after(self, step: int) -> None:
-    """Forgets lines past `step`, written by a run that stopped before its next save."""
+    """Forgets lines past `step`, written by a run that stopped before its next save,
+    and a torn last line."""
     if not self.enabled or not os.path.exists(self.path):
       return
     kept = [r for r in read_jsonl(self.path) if r["step"] <= step]
@@ -48,8 +64,7 @@ class Reporter:
     if split != "train":
       record["split"] = split
     record.update({k: float(v) for k, v in values.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    _append_line(self.path, json.dumps(record) + "\n")
     for key, value in values.items():
       self._tensorboard.add_scalar(f"{split}/{key}", float(value), int(step))
 
@@ -69,6 +84,25 @@ class Reporter:
       self._tensorboard.close()
 
 
+def _append_line(path: str, line: str) -> None:
+  """Appends one whole line or nothing: one write, and on a failed or short write
+  (a full disk) the file is cut back to where it was."""
+  payload = line.encode()
+  descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(descriptor).st_size
+    try:
+      written = os.write(descriptor, payload)
+    except OSError:
+      os.ftruncate(descriptor, size)
+      raise
+    if written != len(payload):
+      os.ftruncate(descriptor, size)
+      raise OSError(f"{path}: only {written} of {len(payload)} bytes written (disk full?)")
+  finally:
+    os.close(descriptor)
+
+
 def format_terms(values: dict) -> str:
   return " ".join(f"{k}={v:.4g}" for k, v in values.items())
 
@@ -78,4 +112,35 @@ def format_duration(seconds: float) -> str:
   hours, rest = divmod(seconds, 3600)
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]],
+               titles: Sequence[str] | None = None) -> np.ndarray:
+  """Rows of panels side by side, as one uint8 image: LR | SR | HR and the like.
+
+  Panels are HxWx3, float in [0,1] or uint8; one smaller than its row's tallest (an
+  LR beside its SR) is enlarged by pixel repetition. `titles` label the columns in a
+  strip above them.
+  """
+  as_uint8 = lambda p: (np.asarray(p) if np.asarray(p).dtype == np.uint8 else
+                        np.round(np.clip(np.asarray(p, np.float32), 0, 1) * 255).astype(np.uint8))
+  lines = []
+  for panels in rows:
+    panels = [as_uint8(p) for p in panels]
+    height = max(p.shape[0] for p in panels)
+    panels = [np.repeat(np.repeat(p, height // p.shape[0], 0), height // p.shape[0], 1)
+              for p in panels]
+    lines.append(np.concatenate(panels, axis=1))
+  width = max(line.shape[1] for line in lines)
+  lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+           for line in lines]
+  grid = np.concatenate(lines, axis=0)
+  if not titles:
+    return grid
+  canvas = Image.new("RGB", (width, grid.shape[0] + 14), "white")
+  canvas.paste(Image.fromarray(grid), (0, 14))
+  draw = ImageDraw.Draw(canvas)
+  column_width = width // len(titles)
+  for k, title in enumerate(titles):
+    draw.text((k * column_width + 3, 1), title, fill="black")
+  return np.asarray(canvas)
 

@@ -1,7 +1,8 @@
-"""Super-resolves your images with a trained checkpoint, by its scale.
+"""Super-resolves your images with a released model or a trained checkpoint.
 
-  python -m percvae_jax.upscale --workdir DIR --input photo.jpg --output out/
-  python -m percvae_jax.upscale --workdir DIR --input photos/ --output out/ --samples 3
+  python -m percvae_jax.upscale --input photo.jpg --output out/ --scale 2
+  python -m percvae_jax.upscale --input photos/ --output out/ --model x4-perceptual --samples 3
+  python -m percvae_jax.upscale --workdir DIR --input photos/ --output out/
 
 Writes out/<name>.png (from the prior's mean), and with --samples K also
 out/<name>_sample1.png ... _sampleK.png (prior samples: the other plausible detail).
@@ -12,7 +13,6 @@ files are reported and skipped. A checkpoint trained on GPU/TPU loads on a CPU.
 
 from __future__ import annotations
 
-import collections
 import os
 
 import jax
@@ -26,33 +26,59 @@ from tqdm import tqdm
 from percvae_jax import cli
 from percvae_jax import data
 from percvae_jax import inference
+from percvae_jax.errors import DataError, InferenceError
 
 
-def plan_outputs(input_path: str, output_dir: str) -> list[tuple[str, str]]:
-  """(input file, output path without extension) pairs; subfolders are mirrored."""
+def plan_outputs(input_path: str, output_dir: str, samples: int = 0
+                 ) -> list[tuple[str, str]]:
+  """(input file, output path without extension) pairs, every output different (the
+  samples' `_sampleK` names included); subfolders are mirrored. Refuses, before any
+  compute, an output that cannot be written or would overwrite an input."""
   if os.path.isfile(input_path):
     pairs = [(input_path, os.path.basename(input_path))]
   elif os.path.isdir(input_path):
     pairs = [(p, os.path.relpath(p, input_path)) for p in data.list_images(input_path)]
     if not pairs:
-      raise data.DataError(
+      raise DataError(
           f"--input={input_path!r} holds no image files "
           f"({', '.join(data.IMAGE_EXTENSIONS)}); pass an image or a folder of images.")
   else:
-    raise data.DataError(f"--input={input_path!r} does not exist; pass an image file or "
-                         "a folder of images.")
-  stems = [os.path.splitext(relative)[0] for _, relative in pairs]
-  uses = collections.Counter(stems)
-  plan = []
-  for (path, relative), stem in zip(pairs, stems):
-    if uses[stem] > 1:  # photo.jpg and photo.png: photo_jpg.png, photo_png.png.
-      stem += "_" + os.path.splitext(relative)[1].lstrip(".").lower()
+    raise DataError(f"--input={input_path!r} does not exist; pass an image file or "
+                    "a folder of images.")
+  check_output_dir(output_dir)
+  plan, used = [], set()
+  for (path, relative), stem in zip(pairs, data.unique_stems([r for _, r in pairs])):
+    base, k = stem, 1
+    while any(name.lower() in used for name in output_names(stem, samples)):
+      k += 1
+      stem = f"{base}_{k}"
+    used.update(name.lower() for name in output_names(stem, samples))
     target = os.path.join(output_dir, stem)
     if os.path.abspath(target + ".png") == os.path.abspath(path):
-      raise data.DataError(f"writing {target}.png would overwrite its input; choose "
-                           "another --output folder.")
+      raise DataError(f"writing {target}.png would overwrite its input; choose "
+                      "another --output folder.")
+    if stem != os.path.splitext(relative)[0]:
+      logging.info("%s -> %s.png (another input has the same name)", relative, stem)
     plan.append((path, target))
   return plan
+
+
+def output_names(stem: str, samples: int) -> list[str]:
+  return [stem] + [f"{stem}_sample{i}" for i in range(1, samples + 1)]
+
+
+def check_output_dir(output_dir: str) -> None:
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise InferenceError(f"--output={output_dir!r} is a file; pass a folder for the PNGs "
+                         "(it is created if missing).")
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+  except OSError as e:
+    raise InferenceError(f"cannot create --output={output_dir!r} ({e.strerror}); pass a "
+                         "folder you can write to.") from None
+  if not os.access(output_dir, os.W_OK):
+    raise InferenceError(f"cannot write to --output={output_dir!r}; pass a folder you can "
+                         "write to.")
 
 
 def save_png(image: np.ndarray, path: str) -> None:
@@ -61,14 +87,16 @@ def save_png(image: np.ndarray, path: str) -> None:
   Image.fromarray(inference.to_uint8(image)).save(path, compress_level=1)
 
 
-def run(workdir: str, input_path: str, output_dir: str, *, step: int | None = None,
-        samples: int = 0, tile: int = inference.DEFAULT_TILE, seed: int = 0,
+def run(workdir: str | None, input_path: str, output_dir: str, *, model: str | None = None,
+        scale: int | None = None, step: int | None = None, samples: int = 0,
+        tile: int = inference.DEFAULT_TILE, seed: int = 0,
         temperature: float = inference.DEFAULT_TEMPERATURE) -> dict:
-  """Upscales every image of `input_path`; returns {"written": paths, "skipped": paths}."""
+  """Upscales every image of `input_path` with a checkpoint (`workdir`) or a released
+  model (`model`, or the one for `scale`); returns {"written": paths, "skipped": paths}."""
   if samples < 0:
-    raise inference.InferenceError(f"--samples={samples} must be 0 or more.")
-  plan = plan_outputs(input_path, output_dir)
-  _, upscaler, _ = inference.load_upscaler(workdir, step, tile, temperature)
+    raise InferenceError(f"--samples={samples} must be 0 or more.")
+  plan = plan_outputs(input_path, output_dir, samples)
+  _, upscaler, _ = inference.load_upscaler(workdir, model, scale, step, tile, temperature)
   sample_key = jax.random.PRNGKey(seed)
   written, skipped = [], []
   for index, (path, target) in enumerate(tqdm(plan, desc="upscaling", unit="image")):
@@ -85,8 +113,8 @@ def run(workdir: str, input_path: str, output_dir: str, *, step: int | None = No
       save_png(upscaler(lr, jax.random.fold_in(image_key, i)), f"{target}_sample{i}.png")
       written.append(f"{target}_sample{i}.png")
   if not written:
-    raise data.DataError(f"none of the {len(plan)} files of {input_path} could be read "
-                         "(see the warnings above); pass PNG, JPEG or BMP images.")
+    raise DataError(f"none of the {len(plan)} files of {input_path} could be read "
+                    "(see the warnings above); pass PNG, JPEG or BMP images.")
   print(f"Upscaled {len(plan) - len(skipped)} of {len(plan)} images by "
         f"x{upscaler.scale} into {output_dir}"
         + (f"; skipped {len(skipped)}: {', '.join(skipped)}." if skipped else "."),
@@ -97,8 +125,13 @@ def run(workdir: str, input_path: str, output_dir: str, *, step: int | None = No
 def define_flags() -> None:
   """The flags, defined only when run as a program: importing this module next to
   another tool with the same flag names (--workdir) must not clash."""
-  flags.DEFINE_string("workdir", None, "The training run's --workdir.", required=True)
-  flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+  flags.DEFINE_string("workdir", None, "A training run's --workdir, to upscale with its "
+                      "checkpoint; default: a released model.")
+  flags.DEFINE_string("model", None, "A released model's name (x2, x3, x4, "
+                      "x4-perceptual); default: the one for --scale.")
+  flags.DEFINE_integer("scale", None, "Upscaling factor; picks the released model "
+                       "x<scale> when neither --model nor --workdir is given.")
+  flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step; default: the latest.")
   flags.DEFINE_string("input", None, "An image, or a folder of images (searched "
                       "recursively).", required=True)
   flags.DEFINE_string("output", None, "Folder for the PNGs.", required=True)
@@ -116,8 +149,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  cli.exit_on_user_error(run, f.workdir, f.input, f.output, step=f.step, samples=f.samples,
-                         tile=f.tile, seed=f.seed, temperature=f.temperature)
+  cli.exit_on_user_error(run, f.workdir, f.input, f.output, model=f.model, scale=f.scale,
+                         step=f.step, samples=f.samples, tile=f.tile, seed=f.seed,
+                         temperature=f.temperature)
 
 
 if __name__ == "__main__":

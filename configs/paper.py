@@ -28,6 +28,12 @@ def get_config():
   config.loss.recon_weight = 0.001
   config.loss.kl_weight = 1.0
   config.loss.reduction = "sum"
+  # The paper's plain formulation: relu3_3's feature MSE of the VAE's output, and no
+  # term on the generated output (for the seed model, the decoded encoder mean).
+  config.loss.prior_recon_weight = 0.0
+  config.loss.perceptual_layers = "relu3_3"
+  config.loss.perceptual_norm = "none"
+  config.loss.perceptual_on = "vae"
   config.train.learning_rate = 5e-3
   config.train.lr_schedule = "constant"
   config.train.warmup_steps = 0

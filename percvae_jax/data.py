@@ -10,6 +10,7 @@ made on the accelerator, inside the train step (see degradation.py).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -24,7 +25,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from percvae_jax.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# .webp: the carried copies of the evaluation sets are WebP lossless (and of the
+# training sets WebP lossy), the smallest Pillow reads; see scripts/prepare_accelerator.py.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Photographs that scikit-image ships: the offline default needs no download.
 EMBEDDED_TRAIN = ("astronaut.png", "rocket.jpg", "motorcycle_left.png",
                   "hubble_deep_field.jpg", "camera.png", "brick.png", "grass.png",
@@ -121,15 +124,33 @@ def list_images(root: str) -> list[str]:
   return found
 
 
+def default_cache_bytes() -> int:
+  """What an ImageSet keeps decoded by default: 40% of the machine's memory."""
+  try:
+    return int(0.4 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  except (ValueError, OSError, AttributeError):
+    return 8 << 30
+
+
 @dataclasses.dataclass
 class ImageSet:
-  """Decoded RGB images by index; `load` is called once per image, then cached."""
+  """Decoded RGB images by index; `load` is called once per image, then cached.
+
+  The cache holds at most `cache_bytes` of decoded pixels (default: 40% of the
+  machine's memory): past that, images are decoded again at each use, by the workers
+  of `TrainBatches.stream` in parallel, instead of exhausting the memory. Which
+  images stay cached is the first ones loaded; with random access no eviction
+  policy would do better than that.
+  """
 
   names: Sequence[str]
   load: Callable[[int], np.ndarray]
+  cache_bytes: int | None = None
 
   def __post_init__(self):
     self._cache: dict[int, np.ndarray] = {}
+    self._cached_bytes = 0
+    self._limit = default_cache_bytes() if self.cache_bytes is None else self.cache_bytes
     self._lock = threading.Lock()
 
   def __len__(self) -> int:
@@ -140,7 +161,9 @@ class ImageSet:
     if image is None:
       image = self.load(index)
       with self._lock:
-        self._cache[index] = image
+        if index not in self._cache and self._cached_bytes + image.nbytes <= self._limit:
+          self._cache[index] = image
+          self._cached_bytes += image.nbytes
     return image
 
 
@@ -211,7 +234,12 @@ def embedded_images(split: str, resize: int = 0) -> ImageSet:
 
 def tfds_images(name: str, split: str, data_dir: str, resize: int = 0) -> ImageSet:
   """A TFDS image dataset through random-access `tfds.data_source`, decoded lazily."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise DataError(f"the {name} dataset needs TensorFlow Datasets, an extra: install it "
+                    "with `pip install 'percvae_jax[pets]'`, or train on a folder of "
+                    "images (--config.data.name=folder).") from None
   source = tfds.data_source(name, split=split, data_dir=data_dir or None)
   names = [f"{split}/{i}" for i in range(len(source))]
 
@@ -281,12 +309,49 @@ class TrainBatches:
       top = int(corners[row, 0] * (image.shape[0] - self.hr_size + 1))
       left = int(corners[row, 1] * (image.shape[1] - self.hr_size + 1))
       crop = image[top:top + self.hr_size, left:left + self.hr_size]
+      if not (flips[row, 0] or flips[row, 1]):
+        out[k] = crop
+        continue
       if flips[row, 0]:
         crop = crop[:, ::-1]
       if flips[row, 1]:
         crop = np.swapaxes(crop, 0, 1)  # a transpose: with the flip, all 8 rotations.
-      out[k] = crop
+      # One channel plane at a time: numpy copies a flipped or transposed HxWx3 view
+      # pixel by pixel, 3 bytes at a time, 4x slower than these 3 strided copies.
+      for channel in range(3):
+        out[k, :, :, channel] = crop[:, :, channel]
     return out
+
+  def stream(self, first_step: int, last_step: int, workers: int | None = None,
+             ahead: int | None = None) -> Iterator[np.ndarray]:
+    """`batch(s)` for s in [first_step, last_step), in order, built by `workers`
+    threads (default `default_workers()`) up to `ahead` batches (default 2 per
+    worker) before they are asked for. Each batch is still a function of (seed,
+    step) alone, so the stream is the same whatever the workers, and a resumed run
+    gets the batches an uninterrupted one would. The copies and the decoding (of
+    images past the ImageSet's cache) release the GIL, so threads run in parallel."""
+    workers = default_workers() if workers is None else max(1, workers)
+    if workers == 1:
+      yield from (self.batch(step) for step in range(first_step, last_step))
+      return
+    ahead = max(1, ahead or 2 * workers)
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="train-batches")
+    pending: collections.deque = collections.deque()
+    try:
+      step = first_step
+      while pending or step < last_step:
+        while step < last_step and len(pending) < ahead:
+          pending.append(pool.submit(self.batch, step))
+          step += 1
+        yield pending.popleft().result()
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers() -> int:
+  """Threads that build training batches by default: half the cores, 1 to 8 (the
+  rest run the train loop, the device transfer and the runtime)."""
+  return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
 
 
 def eval_crops(images: ImageSet, size: int, limit: int,

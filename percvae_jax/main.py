@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from percvae_jax import cli
+from percvae_jax import cpu_settings
 from percvae_jax import config as config_lib
 from percvae_jax import devices
 from percvae_jax import train
@@ -41,7 +42,7 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.prefer_eigen_cpu_convolutions()
+  cpu_settings.apply("train")  # before JAX starts: XLA reads XLA_FLAGS once.
   if _DISTRIBUTED.value or _COORDINATOR.value:
     devices.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cli.exit_on_user_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)

@@ -24,7 +24,7 @@ import numpy as np
 from flax import serialization
 
 from percvae_jax.errors import InvalidWeightsError, MissingWeightsError
-from percvae_jax.models.vgg import CONV_NAMES, PARAM_SHAPES
+from percvae_jax.models.vgg_layout import CONV_NAMES, PARAM_SHAPES
 
 try:  # numpy >= 2 moved the array-pickling helpers to numpy._core.
   from numpy._core import multiarray as _multiarray

@@ -10,6 +10,7 @@ and step), so rerunning the same command on the same workdir resumes it exactly.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -27,12 +28,13 @@ from percvae_jax import config as config_lib
 from percvae_jax import data
 from percvae_jax import degradation
 from percvae_jax import devices
+from percvae_jax import inference
 from percvae_jax import losses
 from percvae_jax import metrics
 from percvae_jax import preemption
 from percvae_jax import pretrained
 from percvae_jax import reporting
-from percvae_jax.errors import NonFiniteLossError
+from percvae_jax.errors import ConfigError, NonFiniteLossError
 from percvae_jax.models import vae
 from percvae_jax.models import vgg
 
@@ -88,6 +90,27 @@ def create_train_state(config, model, vgg_params) -> TrainState:
   tx = make_optimizer(config.train)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=state_key, vgg_params=vgg_params, apply_fn=model.apply, tx=tx)
+
+
+def initial_params(config, params):
+  """`params` overwritten by those of `config.train.init_from` where it has them (a
+  released model lacks the posterior, which keeps its fresh initialisation)."""
+  source = config.train.init_from
+  if not source:
+    return params
+  is_workdir = os.path.isdir(source)
+  loaded_config, _, loaded, _ = inference.load_model(
+      workdir=source if is_workdir else None, name=None if is_workdir else source,
+      scale=config.data.scale)
+  fresh = flax.traverse_util.flatten_dict(params)
+  given = flax.traverse_util.flatten_dict(jax.device_get(loaded))
+  wrong = [k for k in given if k in fresh and given[k].shape != fresh[k].shape]
+  if wrong or not set(given) & set(fresh):
+    raise ConfigError(
+        f"config.train.init_from={source!r} holds a model of another shape (model "
+        f"{loaded_config.model.to_dict()}); give this run the same config.model fields.")
+  logging.info("Starting from the parameters of %s.", source)
+  return flax.traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})
 
 
 def lr_from_hr(hr_uint8, data_config):
@@ -193,6 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     reporter.truncate_after(latest or 0)  # lines of an attempt that died before saving.
     if latest is not None:
       logging.info("Resuming from the checkpoint at step %d in %s.", latest, manager.directory)
+    elif config.train.init_from:
+      params = jax.device_put(initial_params(config, state.params), parallel.replicated)
+      state = state.replace(params=params, opt_state=state.tx.init(params))
     if is_writer:
       checkpoints.save_config(config, workdir)
     try:
@@ -220,8 +246,8 @@ def _loop(config, state, model, vgg_module, eval_hr, train_images, parallel, man
   batches = data.TrainBatches(train_images, config.data.hr_size, train.batch_size,
                               train.seed, parallel.process_rows(train.batch_size))
   first_step = int(jax.device_get(state.step))
-  stream = data.prefetch({"hr": parallel.global_batch(batches.batch(s), train.batch_size)}
-                         for s in range(first_step, train.num_steps))
+  stream = data.prefetch({"hr": parallel.global_batch(rows, train.batch_size)}
+                         for rows in batches.stream(first_step, train.num_steps))
   last_eval = None
   log_time, log_step = time.perf_counter(), first_step
   pending = None  # the previous step's metrics, read while this one runs.

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from percvae_jax import cli
+from percvae_jax import cpu_settings
 from percvae_jax import data
 from percvae_jax import inference
 from percvae_jax.errors import DataError, InferenceError
@@ -148,6 +149,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cpu_settings.apply("infer")  # before JAX starts: XLA reads XLA_FLAGS once.
   f = flags.FLAGS
   cli.exit_on_user_error(run, f.workdir, f.input, f.output, model=f.model, scale=f.scale,
                          step=f.step, samples=f.samples, tile=f.tile, seed=f.seed,

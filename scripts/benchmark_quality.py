@@ -1,392 +1,248 @@
-"""Does the SR-VAE beat bicubic on real photos? Trains each configuration for a fixed
-budget, then scores it as the published SR tables do, in one table.
+"""Quality beside the published SR tables, and the paper's question at x4.
 
-  python scripts/benchmark_quality.py --budget cpu           # under 30 min on 2 CPU cores
-  python scripts/benchmark_quality.py --budget accelerator   # a lent GPU/TPU, full steps
+  python scripts/benchmark_quality.py --budget tables --models x2,x3,x4,x4-perceptual
+  python scripts/benchmark_quality.py --budget ablation --init x4
+  python scripts/benchmark_quality.py --budget ablation --init x4 --steps 20  # a smoke run
 
-Training: crops of SunHays80 (--train-dir; the accelerator budget trains on Oxford-IIIT
-Pet through TFDS instead), LR by bicubic downscaling WITHOUT blur
-(data.blur_sigma=0), the degradation the classic protocol scores with; a model trained
-on blurred LR over-sharpens classic LR. Per scale it trains:
-  - the ablation, through scripts/sweep.py (one --point each): reconstruction only
-    (loss.gamma=0, which is also the pixel-loss variant), + VGG16 relu2_2, and + relu3_3
-    (the perceptual default), all for the same steps;
-  - `paper` (configs/paper.py, the seed VAE). Its 256-d global latent fixes its input
-    size, so evaluate refuses it on whole images: it is scored on the central crop of
-    its hr_size px of each image, beside bicubic on the same crops (marked in the table).
-Scoring (percvae_jax.evaluate, classic protocol): Y-PSNR and Y-SSIM (BT.601, `scale` px
-shaved) and LPIPS (AlexNet) on whole Set5 and Set14 images. For the default it also
-draws K prior samples of each Set5 image at upscale's default temperature: their mean
-pairwise LPIPS (do samples differ?) and each sample's LPIPS to the HR against the mean
-output's.
+`tables` scores models (released names, or training runs' workdirs) on Set5, Set14 and
+BSD100 with the classic protocol (`percvae_jax.evaluate`: HR mod-cropped, bicubic LR,
+Y-PSNR / Y-SSIM with `scale` px shaved, LPIPS AlexNet, LR-PSNR) and prints, per scale,
+one table: bicubic as `evaluate` computes it, the published rows of
+../shared/data/README.md (SRCNN, FSRCNN, VDSR, LapSRN, EDSR, Johnson et al.; x3 from
+the SRCNN paper) and ours.
 
-Writes OUT/results.md (the table, the targets met or not, the timings), OUT/results.json,
-and OUT/grid_x<S>.png (crops: bicubic | recon only | +relu2_2 | +relu3_3 | HR). The
-trainings live in OUT/x<S>/ and resume when the command is rerun; compiled programs are
-cached in OUT/jax_cache, so a rerun into the same OUT is faster than the first run.
+`ablation` answers the paper's question (reconstruction alone, or with a VGG16
+perceptual term?) at x4 with models trained the same way: each variant is
+configs/release_x4_perceptual.py (the 291 images, classic degradation) fine-tuned
+from the same fidelity model (--init) for the same steps, and only the perceptual term
+differs: none (reconstruction only), the paper's formulation (the plain relu2_2 or
+relu3_3 feature MSE of the VAE's output, weighted 5e-4 of the pixel MSE: the paper's
+ratio), and this project's (features unit-normalised per channel, on the generated
+output, as the main term, with the output projected onto the LR). It scores them on
+the three sets, draws --samples prior samples of the new formulation's outputs, and
+draws OUT/ablation_x4.png (bicubic | fidelity | perceptual | two samples | HR).
+
+Writes OUT/<budget>.md and OUT/<budget>.json; trainings live in OUT/ablation/ and
+resume when the command is rerun, so a rerun only rescores.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import resource
-import runpy
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from absl import app
-from absl import flags
-from PIL import Image, ImageDraw
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"  # the real photos, beside the repository.
-SWEEP = REPO / "scripts" / "sweep.py"
-
-# The ablation's sweep points over configs/default.py: its perceptual weight
-# (loss.gamma) at either tap, or none.
-DEFAULT_CONFIG = REPO / "configs" / "default.py"
-ABLATION = {"recon": "loss.gamma=0",
-            "relu2_2": "loss.perceptual_layers=relu2_2",
-            "relu3_3": "loss.perceptual_layers=relu3_3"}
-LABELS = {"bicubic": "bicubic",
-          "paper": "paper (seed VAE)",
-          "recon": "recon only = pixel loss (gamma=0)",
-          "relu2_2": "recon + relu2_2",
-          "relu3_3": "recon + relu3_3 = perceptual default"}
-GRID_IMAGES = (("Set5", "butterfly.png"), ("Set14", "baboon.png"))
-GRID_CROP = 160  # HR px on a side of each picture-grid panel.
-
-# Per budget: overrides of every ablation run and of the paper run, and what each
-# scale trains. The losses' weights are configs/default.py's.
-# CPU, measured on 2 EPYC cores at hr 96, batch 16: a step takes 0.2 s with the pixel
-# loss, 0.5 s with relu2_2 and 0.7 s with relu3_3 when the cores are idle (the VGG costs
-# 3x the model; 2-3x longer under load), so each configuration gets 400 steps, the
-# paper's 200, and x4 trains fewer (no paper, no relu2_2): ~18 min on idle cores. The
-# trunk is narrowed to 32 channels and 4 blocks (the default 64x8 takes 6x longer a
-# step) and the learning rate raised to 1e-3.
-BUDGETS = {
-    "cpu": {
-        "train_data": "folder",
-        "shared": ["data.hr_size=96", "train.batch_size=16", "model.features=32",
-                   "model.num_blocks=4", "train.learning_rate=1e-3",
-                   "train.warmup_steps=50", "train.num_steps=400", "train.log_every=50",
-                   "train.eval_every=50", "train.checkpoint_every=50",
-                   "data.num_eval_images=5"],
-        "paper": ["data.resize_shorter=0", "data.hr_size=96", "train.batch_size=16",
-                  "train.num_steps=200", "train.log_every=50", "train.eval_every=50",
-                  "train.checkpoint_every=50", "data.num_eval_images=5"],
-        "scales": {2: ("recon", "relu2_2", "relu3_3", "paper"), 4: ("recon", "relu3_3")},
-    },
-    # The configs as they are (default: 64x8 trunk, hr 128, batch 32, lr 2e-4, 20k
-    # steps; paper: 23k steps), trained on Oxford-IIIT Pet through TFDS (prepare it
-    # beforehand on an offline machine), every configuration at both scales; hours on
-    # one accelerator.
-    "accelerator": {
-        "train_data": "oxford_iiit_pet",
-        "shared": ["train.eval_every=1000", "train.checkpoint_every=1000",
-                   "data.num_eval_images=5"],
-        "paper": ["data.resize_shorter=0", "train.eval_every=1000",
-                  "train.checkpoint_every=1000", "data.num_eval_images=5"],
-        "scales": {2: ("recon", "relu2_2", "relu3_3", "paper"),
-                   4: ("recon", "relu2_2", "relu3_3", "paper")},
-    },
+DATA = REPO.parent / "shared" / "data"
+SETS = ("Set5", "Set14", "BSD100")
+SCALES = (2, 3, 4)
+PERCEPTUAL_CONFIG = REPO / "configs" / "release_x4_perceptual.py"
+# The SRCNN paper's x3 results (Dong et al., TPAMI 2016); the README's table has no x3.
+SRCNN_X3 = {"Set5": (32.75, 0.9090), "Set14": (29.30, 0.8215), "BSD100": (28.41, 0.7863)}
+# Paper's formulation: plain feature MSE of the VAE's output at 5e-4 of the pixel MSE.
+PAPER_TERM = ["loss.perceptual_norm=none", "loss.perceptual_on=vae", "loss.gamma=5e-4",
+              "model.lr_consistent=False"]
+ABLATION = {
+    "recon only": ["loss.gamma=0", "model.lr_consistent=False"],
+    "+ relu2_2 (paper's)": PAPER_TERM + ["loss.perceptual_layers=relu2_2",
+                                         "loss.perceptual_weights="],
+    "+ relu3_3 (paper's)": PAPER_TERM + ["loss.perceptual_layers=relu3_3",
+                                         "loss.perceptual_weights="],
+    "new formulation": [],
 }
-# Targets of issue 6, checked at x2 on Set5 and Set14.
-PIXEL_GAIN_DB = 1.0
-LPIPS_RATIO = 0.75
-MIN_PAIRWISE_LPIPS = 0.01
-SAMPLE_LPIPS_TOLERANCE = 0.10
+GRID_IMAGES = (("Set5", "butterfly.png"), ("Set14", "baboon.png"), ("BSD100", "8023.png"))
+GRID_CROP = 128
 
 
 class BenchmarkError(RuntimeError):
   """Missing data or a failed training; the message says what to do."""
 
 
-def data_overrides(budget: dict, dirs: dict, scale: int) -> list[str]:
-  """The budget's training photos, degraded as the classic protocol scores."""
-  source = (["data.name=oxford_iiit_pet"] if budget["train_data"] == "oxford_iiit_pet" else
-            ["data.name=folder", f"data.train_dir={dirs['train']}",
-             f"data.eval_dir={dirs['Set5']}"])
-  return source + ["data.blur_sigma=0", f"data.scale={scale}"]
-
-
-def train_ablation(out: Path, scale: int, labels, budget: dict, dirs: dict, env) -> dict:
-  """Trains the ablation's points through scripts/sweep.py; {label: workdir}."""
-  labels = [label for label in ABLATION if label in labels]
-  root = out / f"x{scale}"
-  sets = data_overrides(budget, dirs, scale) + budget["shared"]
-  command = [sys.executable, str(SWEEP), "--config", str(DEFAULT_CONFIG),
-             "--workdir-root", str(root), "--json", str(root / "sweep.json"),
-             *[a for s in sets for a in ("--set", s)],
-             *[a for label in labels
-               for a in ("--point", ABLATION[label])]]
-  if subprocess.run(command, check=False, env=env).returncode:
-    raise BenchmarkError(f"scripts/sweep.py failed in {root}; see the log above.")
-  runs = json.loads((root / "sweep.json").read_text())["runs"]
-  return {label: Path(run["workdir"]) for label, run in zip(labels, runs)}
-
-
-def train_paper(out: Path, scale: int, budget: dict, dirs: dict, env) -> Path:
-  workdir = out / f"x{scale}" / "paper"
-  sets = data_overrides(budget, dirs, scale) + budget["paper"]
-  command = [sys.executable, "-m", "percvae_jax.main", "--config",
-             str(REPO / "configs" / "paper.py"), "--workdir", str(workdir),
-             *[f"--config.{s}" for s in sets]]
-  if subprocess.run(command, check=False, env=env).returncode:
-    raise BenchmarkError(f"the paper run in {workdir} failed; see the log above.")
-  return workdir
-
-
-def score_crops(workdir: Path, set_dir: str, lpips_fn) -> dict:
-  """The seed model and bicubic on each image's central crop of its training size."""
-  from percvae_jax import data, evaluate, inference, train  # pylint: disable=g-import-not-at-top
-  config, model, params, step = train.restore_for_inference(str(workdir))
-  upscaler = inference.Upscaler(model, params, config.data.scale)
-  size = config.data.hr_size
-  crops, _ = data.eval_crops(data.read_folder(set_dir, size), size, limit=10_000)
-  scores = [evaluate.score(crop, config.data.scale, 0.0, lpips_fn, upscaler)[0]
-            for crop in crops]
-  return {"step": step, "crop": size,
-          "model": evaluate.mean_scores([s["model"] for s in scores]),
-          "bicubic": evaluate.mean_scores([s["bicubic"] for s in scores])}
-
-
-def sample_diversity(workdir: Path, set_dir: str, num_samples: int, lpips_fn,
-                     temperature: float) -> dict:
-  """LPIPS among K prior samples of each image, and of each sample and the mean to the HR."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from percvae_jax import degradation, evaluate, inference  # pylint: disable=g-import-not-at-top
-  _, upscaler, _ = inference.load_upscaler(str(workdir), temperature=temperature)
-  first, second = np.triu_indices(num_samples, 1)
-  to_hr, pairwise = [], []
-  for index, (_, load) in enumerate(evaluate.folder_sources(set_dir)):
-    hr = evaluate.mod_crop(load(), upscaler.scale).astype(np.float32) / 255.0
-    lr = np.asarray(degradation.degrade(hr, upscaler.scale, 0.0))
-    key = jax.random.fold_in(jax.random.PRNGKey(0), index)
-    outputs = [upscaler(lr)] + [upscaler(lr, jax.random.fold_in(key, k))
-                                for k in range(num_samples)]
-    outputs = inference.to_uint8(np.stack(outputs)).astype(np.float32) / 255.0
-    samples = outputs[1:]
-    # One LPIPS batch per image: (mean and samples, HR) then (sample i, sample j).
-    distances = np.asarray(lpips_fn(np.concatenate([outputs, samples[first]]),
-                                    np.concatenate([np.broadcast_to(hr, outputs.shape),
-                                                    samples[second]])))
-    to_hr.append(distances[:len(outputs)])
-    pairwise.append(distances[len(outputs):])
-  to_hr = np.asarray(to_hr)
-  mean_lpips, sample_lpips = float(to_hr[:, 0].mean()), to_hr[:, 1:].mean(axis=0)
-  return {"samples": num_samples, "temperature": temperature,
-          "pairwise_lpips": float(np.mean(pairwise)),
-          "mean_output_lpips": mean_lpips, "sample_lpips": sample_lpips.tolist(),
-          "max_relative_gap": float(np.max(np.abs(sample_lpips / mean_lpips - 1.0)))}
-
-
-def picture_grid(workdirs: dict, dirs: dict, scale: int, path: Path) -> None:
-  """Rows of central crops of GRID_IMAGES: bicubic | each ablation model | HR, labelled."""
-  from percvae_jax import data, degradation, evaluate, inference  # pylint: disable=g-import-not-at-top
-  upscalers = {label: inference.load_upscaler(str(workdirs[label]))[1]
-               for label in ABLATION if label in workdirs}
-  titles = ["bicubic"] + list(upscalers) + ["HR"]
-  rows = []
-  for set_name, file_name in GRID_IMAGES:
-    hr = evaluate.mod_crop(data.decode_image(os.path.join(dirs[set_name], file_name)), scale)
-    lr = np.asarray(degradation.degrade(hr.astype(np.float32) / 255.0, scale, 0.0))
-    panels = [degradation.bicubic_upscale(lr, scale)] + [u(lr) for u in upscalers.values()]
-    panels = [inference.to_uint8(np.asarray(p)) for p in panels] + [hr]
-    size = min(GRID_CROP, *hr.shape[:2])
-    top, left = (hr.shape[0] - size) // 2, (hr.shape[1] - size) // 2
-    rows.append(np.concatenate([p[top:top + size, left:left + size] for p in panels], 1))
-  width = max(r.shape[1] for r in rows)
-  canvas = Image.new("RGB", (width, 14 + sum(r.shape[0] for r in rows)), "white")
-  draw = ImageDraw.Draw(canvas)
-  for k, title in enumerate(titles):
-    draw.text((k * width // len(titles) + 3, 1), f"{title} x{scale}", fill="black")
-  y = 14
-  for row in rows:
-    canvas.paste(Image.fromarray(row), (0, y))
-    y += row.shape[0]
-  canvas.save(path)
-
-
-def table_rows(results: dict) -> list[dict]:
-  """One row per (set, scale, method), with its gain and LPIPS ratio against bicubic."""
-  rows = []
-  for key, entry in results.items():
-    bicubic = entry["bicubic"]
-    rows.append({"data": key, "method": "bicubic", **bicubic})
-    for label in ("paper", *ABLATION):
-      if label not in entry:
-        continue
-      scores = entry[label]
-      base = scores.get("bicubic", bicubic)  # the paper's: bicubic on the same crops.
-      rows.append({"data": key, "method": label, **scores["model"],
-                   "gain_psnr_y": scores["model"]["psnr_y"] - base["psnr_y"],
-                   "lpips_ratio": scores["model"]["lpips"] / base["lpips"],
-                   "note": (f"central {scores['crop']} px crops; vs bicubic on them "
-                            f"({base['psnr_y']:.2f} / {base['ssim_y']:.4f} / "
-                            f"{base['lpips']:.4f})") if "crop" in scores else ""})
+def published_rows(readme: Path) -> dict:
+  """{method: {(set, scale): (psnr, ssim)}} from ../shared/data/README.md's table."""
+  lines = readme.read_text().splitlines()
+  header = next(k for k, line in enumerate(lines) if line.startswith("| method"))
+  columns = [c.strip() for c in lines[header].strip("|").split("|")][1:]
+  keys = []
+  for column in columns:
+    set_name, scale = column.split(" x")
+    keys.append(("BSD100" if set_name == "B100" else set_name, int(scale)))
+  rows = {}
+  for line in lines[header + 2:]:
+    if not line.startswith("|"):
+      break
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    values = {}
+    for key, cell in zip(keys, cells[1:]):
+      match = re.match(r"([\d.]+) / ([\d.]+)", cell)
+      if match:
+        values[key] = (float(match[1]), float(match[2]))
+    rows[cells[0]] = values
+  rows.setdefault("SRCNN (ImageNet)", {}).update(
+      {(s, 3): v for s, v in SRCNN_X3.items()})
   return rows
 
 
-def check_targets(results: dict, diversity: dict) -> list[tuple[str, bool]]:
-  """(what was measured against which target, met) for each target of the issue."""
-  checks = []
-  for set_name in ("Set5", "Set14"):
-    entry = results.get(f"{set_name} x2", {})
-    if "recon" in entry:
-      gain = entry["recon"]["model"]["psnr_y"] - entry["bicubic"]["psnr_y"]
-      checks.append((f"pixel loss, {set_name} x2: Y-PSNR {gain:+.2f} dB over bicubic "
-                     f"(target >= +{PIXEL_GAIN_DB:.1f})", gain >= PIXEL_GAIN_DB))
-    if "relu3_3" in entry:
-      model, base = entry["relu3_3"]["model"], entry["bicubic"]
-      ratio, gain = model["lpips"] / base["lpips"], model["psnr_y"] - base["psnr_y"]
-      checks.append((f"perceptual default, {set_name} x2: LPIPS {ratio:.2f}x bicubic's "
-                     f"(target <= {LPIPS_RATIO}), Y-PSNR {gain:+.2f} dB (target >= 0)",
-                     ratio <= LPIPS_RATIO and gain >= 0))
-  if "x2" in diversity:
-    d = diversity["x2"]
-    checks.append((f"default's {d['samples']} samples, Set5 x2: mean pairwise LPIPS "
-                   f"{d['pairwise_lpips']:.4f} (target > {MIN_PAIRWISE_LPIPS})",
-                   d["pairwise_lpips"] > MIN_PAIRWISE_LPIPS))
-    checks.append((f"each sample's LPIPS to HR within {d['max_relative_gap']:.1%} of the "
-                   f"mean output's {d['mean_output_lpips']:.4f} (target <= "
-                   f"{SAMPLE_LPIPS_TOLERANCE:.0%})",
-                   d["max_relative_gap"] <= SAMPLE_LPIPS_TOLERANCE))
-  return checks
+def evaluate_model(model: str, set_name: str, out: Path, samples: int = 0) -> dict:
+  """`percvae_jax.evaluate` on one set: a released model's name or a workdir."""
+  from percvae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  is_workdir = os.path.isdir(model)
+  tag = Path(model).name if is_workdir else model
+  output = out / "eval" / f"{tag}_{set_name}.json"
+  if output.exists() and not samples:
+    return json.loads(output.read_text())
+  return evaluate.run(model if is_workdir else None, model=None if is_workdir else model,
+                      data_dir=str(DATA / set_name), output=str(output), grids=0,
+                      samples=samples)
 
 
-def default_gamma() -> str:
-  """configs/default.py's perceptual weight, as the table labels it."""
-  gamma = runpy.run_path(str(DEFAULT_CONFIG))["get_config"]().loss.gamma
-  return np.format_float_scientific(gamma, trim="-", exp_digits=1)
+def bicubic_scores(scale: int, set_name: str) -> dict:
+  from percvae_jax import evaluate, lpips  # pylint: disable=g-import-not-at-top
+  rows = [s["bicubic"] for _, s, _ in evaluate.score_images(
+      evaluate.folder_sources(str(DATA / set_name)), scale, 0.0, lpips.make_lpips("alex"))
+      if s is not None]
+  return evaluate.mean_scores(rows)
 
 
-def label(method: str, gamma: str) -> str:
-  return LABELS[method] + (f" (gamma={gamma})" if method in ("relu2_2", "relu3_3") else "")
-
-
-def markdown(rows: list[dict], diversity: dict, checks, timing: dict, gamma: str) -> str:
-  lines = ["| data | method | Y-PSNR | Y-SSIM | LPIPS | Y-PSNR vs bicubic | LPIPS / bicubic's |"
-           " note |", "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    extra = ("", "") if r["method"] == "bicubic" else (
-        f"{r['gain_psnr_y']:+.2f}", f"{r['lpips_ratio']:.2f}")
-    lines.append(f"| {r['data']} | {label(r['method'], gamma)} | {r['psnr_y']:.2f} | "
-                 f"{r['ssim_y']:.4f} | {r['lpips']:.4f} | {extra[0]} | {extra[1]} | "
-                 f"{r.get('note', '')} |")
-  for scale, d in diversity.items():
-    lines.append(f"\nSamples of the perceptual default, Set5 {scale}, K={d['samples']} at "
-                 f"temperature {d['temperature']:g}: mean "
-                 f"pairwise LPIPS {d['pairwise_lpips']:.4f}; LPIPS to HR of the mean output "
-                 f"{d['mean_output_lpips']:.4f}, of each sample "
-                 + ", ".join(f"{v:.4f}" for v in d["sample_lpips"])
-                 + f" (at most {d['max_relative_gap']:.1%} from the mean's).")
-  lines.append("\nTargets:")
-  lines += [f"- {'MET' if ok else 'NOT MET'}: {text}" for text, ok in checks]
-  lines.append(f"\nWall time {timing['wall_s'] / 60:.1f} min (training "
-               f"{timing['train_s'] / 60:.1f}, scoring {timing['score_s'] / 60:.1f}); CPU "
-               f"time {timing['cpu_s'] / 60:.1f} min; load average {timing['load_before']:.2f}"
-               f" before, {timing['load_after']:.2f} after; {os.cpu_count()} CPUs.")
+def tables(models: list[str], out: Path) -> str:
+  """Per scale: bicubic, the published rows and ours on the three sets."""
+  from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+  published = published_rows(DATA / "README.md")
+  ours: dict[int, dict] = {}
+  for model in models:
+    is_workdir = os.path.isdir(model)
+    config = inference.load_model(model if is_workdir else None,
+                                  None if is_workdir else model)[0]
+    scale = config.data.scale
+    ours.setdefault(scale, {})[model] = {s: evaluate_model(model, s, out) for s in SETS}
+  lines, summary = [], {}
+  for scale in SCALES:
+    bicubic = {s: (next(iter(ours[scale].values()))[s]["bicubic"] if scale in ours
+                   else bicubic_scores(scale, s)) for s in SETS}
+    lines += [f"\n**x{scale}** (Y-PSNR / Y-SSIM; LPIPS AlexNet in brackets where measured)\n",
+              "| method | " + " | ".join(SETS) + " |", "|---|" + "---|" * len(SETS)]
+    cell = lambda m: f"{m['psnr_y']:.2f} / {m['ssim_y']:.4f} ({m['lpips']:.3f})"
+    lines.append("| bicubic (ours) | " + " | ".join(cell(bicubic[s]) for s in SETS) + " |")
+    for method, values in published.items():
+      if any((s, scale) in values for s in SETS):
+        lines.append(f"| {method} | " + " | ".join(
+            f"{values[(s, scale)][0]:.2f} / {values[(s, scale)][1]:.4f}"
+            if (s, scale) in values else "" for s in SETS) + " |")
+    for model, results in ours.get(scale, {}).items():
+      lines.append(f"| **percvae_jax {Path(model).name}** | "
+                   + " | ".join(cell(results[s]["model"]) for s in SETS) + " |")
+    summary[f"x{scale}"] = {"bicubic": bicubic,
+                            "ours": {m: {s: r[s]["model"] for s in SETS}
+                                     for m, r in ours.get(scale, {}).items()}}
+  (out / "tables.json").write_text(json.dumps(summary, indent=2) + "\n")
   return "\n".join(lines)
 
 
-def cpu_seconds() -> float:
-  return sum(r.ru_utime + r.ru_stime for r in
-             (resource.getrusage(resource.RUSAGE_SELF),
-              resource.getrusage(resource.RUSAGE_CHILDREN)))
+def train_variant(label: str, init: str, steps: int, out: Path) -> Path:
+  """configs/release_x4_perceptual.py with the variant's perceptual term, from `init`."""
+  workdir = out / "ablation" / re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+  overrides = [f"train.init_from={init}", f"train.num_steps={steps}",
+               f"train.checkpoint_every={max(1, steps // 4)}",
+               f"train.eval_every={steps}", f"train.log_every={max(1, steps // 10)}",
+               *ABLATION[label]]
+  command = [sys.executable, "-m", "percvae_jax.main", "--config", str(PERCEPTUAL_CONFIG),
+             "--workdir", str(workdir), *[f"--config.{o}" for o in overrides]]
+  print("$ " + " ".join(command), flush=True)
+  if subprocess.run(command, check=False, cwd=REPO).returncode:
+    raise BenchmarkError(f"the {label!r} run in {workdir} failed; see the log above.")
+  return workdir
 
 
-def run(budget_name: str, out: Path, dirs: dict, num_samples: int,
-        temperature: float) -> dict:
-  budget = BUDGETS[budget_name]
-  for name, path in dirs.items():
-    if name == "train" and budget["train_data"] != "folder":
-      continue
-    if not os.path.isdir(path):
-      raise BenchmarkError(f"--{name.lower()}-dir={path!r} is not a directory; the real "
-                           "photos live in ../shared/data beside the repository.")
-  start, load_before = time.perf_counter(), os.getloadavg()[0]
-  out.mkdir(parents=True, exist_ok=True)
-  cache = str(out / "jax_cache")
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  workdirs = {}
-  for scale, labels in budget["scales"].items():
-    workdirs[scale] = train_ablation(out, scale, labels, budget, dirs, env)
-    if "paper" in labels:
-      workdirs[scale]["paper"] = train_paper(out, scale, budget, dirs, env)
-  train_s = time.perf_counter() - start
-
+def picture(fidelity: str, perceptual: str, path: Path) -> None:
+  """Crops of GRID_IMAGES: bicubic | fidelity | perceptual | two samples | HR."""
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  from percvae_jax import evaluate, lpips  # pylint: disable=g-import-not-at-top
-  lpips_fn = lpips.make_lpips("alex")
-  results, diversity = {}, {}
-  for scale, runs in workdirs.items():
-    for set_name in ("Set5", "Set14"):
-      entry = results.setdefault(f"{set_name} x{scale}", {})
-      for label, workdir in runs.items():
-        if label == "paper":
-          entry[label] = score_crops(workdir, dirs[set_name], lpips_fn)
-          continue
-        scored = evaluate.run(str(workdir), data_dir=dirs[set_name], scale=scale,
-                              output=str(out / "eval" / f"x{scale}_{label}_{set_name}.json"),
-                              grids=0)
-        entry[label] = {"step": scored["step"], "model": scored["model"]}
-        entry["bicubic"] = scored["bicubic"]
-    if "relu3_3" in runs:
-      diversity[f"x{scale}"] = sample_diversity(runs["relu3_3"], dirs["Set5"], num_samples,
-                                                lpips_fn, temperature)
-    picture_grid(runs, dirs, scale, out / f"grid_x{scale}.png")
-  timing = {"wall_s": time.perf_counter() - start, "train_s": train_s,
-            "score_s": time.perf_counter() - start - train_s, "cpu_s": cpu_seconds(),
-            "load_before": load_before, "load_after": os.getloadavg()[0]}
-  rows, checks = table_rows(results), check_targets(results, diversity)
-  report = markdown(rows, diversity, checks, timing, default_gamma())
-  (out / "results.md").write_text(report + "\n")
-  summary = {"budget": budget_name, "budget_overrides": budget, "rows": rows,
-             "diversity": diversity, "targets": [{"target": t, "met": ok} for t, ok in checks],
-             "timing": timing, "workdirs": {f"x{s}": {k: str(v) for k, v in r.items()}
-                                            for s, r in workdirs.items()}}
-  (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-  print("\n" + report + f"\n\nWrote {out / 'results.md'}, {out / 'results.json'} and "
-        f"the picture grids {out}/grid_x*.png.", flush=True)
-  return summary
+  from percvae_jax import data, degradation, evaluate, inference, reporting  # pylint: disable=g-import-not-at-top
+  load = lambda m: inference.load_upscaler(m if os.path.isdir(m) else None,
+                                           None if os.path.isdir(m) else m)[1]
+  fid, per = load(fidelity), load(perceptual)
+  rows = []
+  for set_name, file_name in GRID_IMAGES:
+    hr = evaluate.mod_crop(data.decode_image(str(DATA / set_name / file_name)), 4)
+    lr = np.asarray(degradation.degrade(hr.astype(np.float32) / 255.0, 4, 0.0))
+    panels = [degradation.bicubic_upscale(lr, 4), fid(lr), per(lr),
+              per(lr, jax.random.PRNGKey(1)), per(lr, jax.random.PRNGKey(2))]
+    panels = [inference.to_uint8(np.asarray(p)) for p in panels] + [hr]
+    size = min(GRID_CROP, *hr.shape[:2])
+    top, left = (hr.shape[0] - size) // 2, (hr.shape[1] - size) // 2
+    rows.append([p[top:top + size, left:left + size] for p in panels])
+  Image.fromarray(reporting.image_grid(rows, titles=[
+      "bicubic x4", "fidelity (x4)", "perceptual (mean)", "sample 1", "sample 2", "HR"
+  ])).save(path)
 
 
-def define_flags() -> None:
-  """The flags, defined only when run as a program (tests import this module)."""
-  flags.DEFINE_enum("budget", "cpu", list(BUDGETS), "cpu: under 30 min on 2 CPU cores; "
-                    "accelerator: the configs' full step counts on a GPU/TPU.")
-  flags.DEFINE_string("output-dir", "runs/benchmark_quality", "Where the runs and results go.")
-  flags.DEFINE_string("train-dir", str(DATA / "SunHays80"), "HR photos to train on (the cpu budget).")
-  flags.DEFINE_string("set5-dir", str(DATA / "Set5"), "Set5 HR images.")
-  flags.DEFINE_string("set14-dir", str(DATA / "Set14"), "Set14 HR images.")
-  flags.DEFINE_integer("samples", 4, "Prior samples per Set5 image for the diversity check.")
-  flags.DEFINE_float("temperature", None, "Sampling temperature of the diversity check; "
-                     "default: upscale's (percvae_jax.inference.DEFAULT_TEMPERATURE).")
+def ablation(init: str, steps: int, samples: int, out: Path) -> str:
+  runs = {label: train_variant(label, init, steps, out) for label in ABLATION}
+  lines = [f"\nx4, each fine-tuned {steps} steps from {init} (Y-PSNR / Y-SSIM / LPIPS / "
+           "LR-PSNR):\n", "| variant | " + " | ".join(SETS) + " |",
+           "|---|" + "---|" * len(SETS)]
+  results = {label: {s: evaluate_model(str(w), s, out) for s in SETS}
+             for label, w in runs.items()}
+  cell = lambda m: (f"{m['psnr_y']:.2f} / {m['ssim_y']:.4f} / {m['lpips']:.3f} / "
+                    f"{m['lr_psnr']:.1f}")
+  first = next(iter(results.values()))
+  lines.append("| bicubic | " + " | ".join(cell(first[s]["bicubic"]) for s in SETS) + " |")
+  for label, per_set in results.items():
+    lines.append(f"| {label} | " + " | ".join(cell(per_set[s]["model"]) for s in SETS) + " |")
+  if samples:
+    scored = evaluate_model(str(runs["new formulation"]), "BSD100", out, samples)
+    s = scored["samples"]
+    lines.append(f"\nNew formulation, {samples} samples per BSD100 image at temperature "
+                 f"{s['temperature']:g}: LPIPS to HR {s['lpips']:.4f} (mean output "
+                 f"{scored['model']['lpips']:.4f}), pairwise {s['pairwise_lpips']:.4f}, "
+                 f"LR-PSNR {s['lr_psnr']:.2f} (worst {s['worst_lr_psnr']:.2f}), best of "
+                 f"{samples} {s['best_of_k_lpips']:.4f}, diversity {s['diversity']:.2f}.")
+  picture(init, str(runs["new formulation"]), out / "ablation_x4.png")
+  (out / "ablation.json").write_text(json.dumps(
+      {label: {s: r[s]["model"] for s in SETS} for label, r in results.items()}, indent=2))
+  return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  f = flags.FLAGS
-  dirs = {name: os.path.abspath(f[f"{name.lower()}-dir"].value)
-          for name in ("train", "Set5", "Set14")}
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--budget", choices=("tables", "ablation"), required=True)
+  parser.add_argument("--models", default="x2,x3,x4,x4-perceptual",
+                      help="tables: released names or workdirs, comma-separated")
+  parser.add_argument("--init", default="x4", help="ablation: the fidelity model to start "
+                      "from (a released name or a workdir)")
+  parser.add_argument("--steps", type=int, default=1000, help="ablation: steps per variant")
+  parser.add_argument("--samples", type=int, default=10, help="ablation: prior samples per "
+                      "BSD100 image for the new formulation")
+  parser.add_argument("--output-dir", default="runs/benchmark_quality")
+  args = parser.parse_args(argv)
+  missing = [s for s in SETS if not (DATA / s).is_dir()]
+  if missing:
+    print(f"error: {', '.join(str(DATA / s) for s in missing)} not found: the test sets "
+          "live in ../shared/data beside the repository.", file=sys.stderr)
+    return 1
+  out = Path(args.output_dir)
+  (out / "eval").mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
   try:
-    from percvae_jax import inference  # pylint: disable=g-import-not-at-top
-    temperature = inference.DEFAULT_TEMPERATURE if f.temperature is None else f.temperature
-    run(f.budget, Path(f["output-dir"].value), dirs, f.samples, temperature)
+    if args.budget == "tables":
+      report = tables([m.strip() for m in args.models.split(",") if m.strip()], out)
+    else:
+      report = ablation(args.init, args.steps, args.samples, out)
   except BenchmarkError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    return 1
+  report += f"\n\n({(time.perf_counter() - start) / 60:.1f} min on {os.cpu_count()} CPUs)"
+  (out / f"{args.budget}.md").write_text(report + "\n")
+  print(report)
+  return 0
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  sys.exit(main())

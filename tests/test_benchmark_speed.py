@@ -38,6 +38,7 @@ def test_transposed_conv_kernel_gradient_matches_lax(bench, kernel, strides, pad
                expected, actual)
 
 
+@pytest.mark.slow
 def test_quick_run_reports_every_section(tmp_path):
   pytest.importorskip("torch")
   output = tmp_path / "results.json"

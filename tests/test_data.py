@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_data, tiny_config
+from percvae_jax import config as config_lib
 from percvae_jax import data
+from tests import helpers
+from tests.helpers import shared_data, tiny_config
 
 
 def test_folder_source_reads_real_photos():
@@ -87,3 +89,54 @@ def test_eval_crops_are_central_and_bounded():
   np.testing.assert_array_equal(crops[0], image[16:48, 16:48])
   tiles, names = data.eval_crops(images, 32, limit=5, per_image=4)
   assert tiles.shape == (5, 32, 32, 3) and len(set(names)) == 5
+
+
+def test_comma_separated_folders_are_read_as_one_set_with_prefixed_names(tmp_path):
+  helpers.write_photos(tmp_path / "T91", count=2, seed=0)
+  helpers.write_photos(tmp_path / "BSD200", count=3, seed=1)
+  config = tiny_config(data__name="folder",
+                       data__train_dir=f"{tmp_path / 'T91'}, {tmp_path / 'BSD200'}",
+                       data__eval_dir=str(tmp_path / "T91"))
+  config_lib.validate(config, num_devices=1)
+  images = data.load_split(config.data, "train")
+  assert sorted(images.names) == [os.path.join("BSD200", f"{i}.png") for i in range(3)] + [
+      os.path.join("T91", f"{i}.png") for i in range(2)]
+  for i, name in enumerate(images.names):  # each image is its own file's.
+    np.testing.assert_array_equal(images[i], data.decode_image(str(tmp_path / name)))
+  # One folder: names as before, unprefixed.
+  assert sorted(data.load_split(config.data, "eval").names) == ["0.png", "1.png"]
+  # Training batches draw from both folders.
+  batches = data.TrainBatches(images, 32, 5, seed=0)
+  assert sorted(batches._image_indices(0)) == list(range(5))  # pylint: disable=protected-access
+
+
+def test_comma_separated_real_folders():
+  images = data.read_folders(data.split_folders(
+      f"{shared_data('Set5')},{shared_data('Set14')}"), min_size=32)
+  assert len(images) == 5 + 14
+  assert {name.split(os.sep)[0] for name in images.names} == {"Set5", "Set14"}
+  assert os.path.join("Set14", "baboon.png") in images.names
+
+
+def test_a_missing_folder_in_a_list_is_refused_naming_it(tmp_path):
+  helpers.write_photos(tmp_path / "a", count=1)
+  config = tiny_config(data__name="folder", data__train_dir=f"{tmp_path / 'a'},{tmp_path / 'b'}",
+                       data__eval_dir=str(tmp_path / "a"))
+  with pytest.raises(config_lib.ConfigError, match=f"config.data.train_dir='{tmp_path / 'b'}' "
+                                                   "is not a directory"):
+    config_lib.validate(config, num_devices=1)
+  config.data.train_dir = " , "
+  with pytest.raises(config_lib.ConfigError, match="is not a directory"):
+    config_lib.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("paths,expected", [
+    (["a.png", "b.png"], ["a", "b"]),
+    (["photo.jpg", "photo.png", "photo_jpg.png"], ["photo_jpg_2", "photo_png", "photo_jpg"]),
+    (["x/IMG.JPG", "x/img.png"], ["x/IMG_jpg", "x/img_png"]),  # case-insensitive file systems
+    (["a.png", os.path.join("sub", "a.png")], ["a", os.path.join("sub", "a")]),
+])
+def test_unique_stems_are_all_different(paths, expected):
+  stems = data.unique_stems(paths)
+  assert stems == expected
+  assert len({s.lower() for s in stems}) == len(paths)

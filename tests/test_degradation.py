@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from percvae_jax import degradation
+from tests.helpers import shared_data
 
 RNG = np.random.default_rng(0)
 
@@ -25,7 +26,6 @@ def test_bicubic_matches_pil(in_hw, out_hw):
 
 
 def test_bicubic_matches_pil_on_8bit_photo():
-  from conftest import shared_data
   photo = np.asarray(Image.open(shared_data("Set5", "bird.png")).convert("RGB"))
   h, w = photo.shape[0] // 4, photo.shape[1] // 4
   pil = np.asarray(Image.fromarray(photo).resize((w, h), Image.BICUBIC)).astype(np.int32)
@@ -62,3 +62,24 @@ def test_degrade_refuses_bad_shapes_and_scales():
     degradation.degrade(np.zeros((1, 33, 32, 3), np.float32), 2, 1.0)
   with pytest.raises(ValueError, match="scale 5 is not supported"):
     degradation.degrade(np.zeros((1, 40, 40, 3), np.float32), 5, 1.0)
+
+
+@pytest.mark.parametrize("scale,blur_sigma", [(2, 1.0), (2, 0.0), (3, 1.0), (4, 0.0)])
+def test_projection_onto_the_lr_gives_back_the_lr_and_keeps_consistent_images(scale,
+                                                                             blur_sigma):
+  hr = RNG.uniform(0, 1, (2, 48, 36, 3)).astype(np.float32)
+  lr = np.asarray(degradation.degrade(hr, scale, blur_sigma))  # 8-bit: not quite D(hr)
+  guess = RNG.uniform(0, 1, hr.shape).astype(np.float32)
+  projected = np.asarray(degradation.project_onto_lr(guess, lr, scale, blur_sigma))
+  assert projected.shape == hr.shape
+  np.testing.assert_allclose(np.asarray(degradation.downscale(projected, scale, blur_sigma)),
+                             lr, atol=1e-5)
+  # Projecting what is already consistent changes nothing.
+  again = np.asarray(degradation.project_onto_lr(projected, lr, scale, blur_sigma))
+  np.testing.assert_allclose(again, projected, atol=1e-5)
+  exact_lr = np.asarray(degradation.downscale(hr, scale, blur_sigma))
+  np.testing.assert_allclose(
+      np.asarray(degradation.project_onto_lr(hr, exact_lr, scale, blur_sigma)), hr, atol=1e-5)
+  # It is the nearest consistent image: nearer the guess than another consistent one.
+  other = np.asarray(degradation.project_onto_lr(hr, lr, scale, blur_sigma))
+  assert np.linalg.norm(guess - projected) < np.linalg.norm(guess - other)

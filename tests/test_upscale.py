@@ -1,22 +1,17 @@
 """upscale and the tiled super-resolution it shares with evaluate."""
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from percvae_jax import config as config_lib
-from percvae_jax import data, inference, train, upscale
+from percvae_jax import data, degradation, inference, upscale
 from percvae_jax.models import vae
-from test_evaluate import REPO, crop_of, require_set, tiny_checkpoint, write_bad_files
+from tests import helpers
+from tests.helpers import crop_of
 
-
-@pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory):
-  return tiny_checkpoint(tmp_path_factory)
+require_set = helpers.shared_data
 
 
 @pytest.mark.parametrize("size,tile,margin", [(100, 40, 8), (41, 40, 8), (40, 40, 8),
@@ -32,19 +27,33 @@ def test_window_spans_keep_every_pixel_once_away_from_window_edges(size, tile, m
   assert np.all(kept == 1)
 
 
-def assert_tiled_equals_untiled(model, params, lr, tile):
-  upscaler = inference.Upscaler(model, params, scale=2, tile=tile)
+def assert_tiled_equals_untiled(model, params, lr, tile, scale=2, atol=1e-5):
+  upscaler = inference.Upscaler(model, params, scale=scale, tile=tile)
   rows = inference.window_spans(lr.shape[0], tile, upscaler.margin)
   cols = inference.window_spans(lr.shape[1], tile, upscaler.margin)
   assert len(rows) >= 3 and len(cols) >= 3  # edge windows shifted, and interior ones.
   whole = np.asarray(model.apply({"params": params}, lr[None], method="generate"))[0]
-  np.testing.assert_allclose(upscaler(lr), whole, atol=1e-5)
+  np.testing.assert_allclose(upscaler(lr), whole, atol=atol)
 
 
 def test_tiled_equals_untiled(tiny_workdir):
-  _, model, params, _ = train.restore_for_inference(tiny_workdir)
+  _, model, params, _ = inference.restore_model(tiny_workdir)
   lr = np.asarray(crop_of(require_set("Set5") / "bird.png", 200), np.float32)[::2, :150:2] / 255
-  assert_tiled_equals_untiled(model, params, lr, tile=2 * inference.receptive_radius(params) + 16)
+  assert_tiled_equals_untiled(model, params, lr,
+                              tile=2 * vae.generation_reach(model, params) + 16)
+
+
+def random_params(model, lr_side=16, scale=2):
+  """Weights that are non-zero everywhere, the zero-initialised layers too."""
+  shapes = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0),
+                                       "latent": jax.random.PRNGKey(1)},
+                          np.zeros((1, lr_side, lr_side, 3), np.float32),
+                          np.zeros((1, lr_side * scale, lr_side * scale, 3), np.float32))["params"]
+  leaves, treedef = jax.tree.flatten(shapes)
+  rng = np.random.default_rng(1)
+  return jax.tree.unflatten(treedef, [
+      rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+      for leaf in leaves])
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +63,7 @@ def default_architecture():
   config = config_lib.base()
   config.model.features = 8
   model = vae.create(config)
-  shapes = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0),
-                                       "latent": jax.random.PRNGKey(1)},
-                          np.zeros((1, 16, 16, 3), np.float32),
-                          np.zeros((1, 32, 32, 3), np.float32))["params"]
-  leaves, treedef = jax.tree.flatten(shapes)
-  rng = np.random.default_rng(1)
-  params = jax.tree.unflatten(treedef, [
-      rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-      for leaf in leaves])
-  return model, params
+  return model, random_params(model)
 
 
 def test_the_margin_covers_the_receptive_field(default_architecture):
@@ -76,19 +76,46 @@ def test_the_margin_covers_the_receptive_field(default_architecture):
   poked[0, centre, centre] += 1.0
   changed = np.abs(np.asarray(generate(poked)) - np.asarray(generate(lr)))[0].max(-1) > 0
   reach = np.abs(np.argwhere(changed) // 2 - centre).max()
-  assert 16 < reach <= inference.receptive_radius(params)
+  assert 16 < reach <= vae.generation_reach(model, params)
 
 
 def test_tiled_equals_untiled_for_the_default_architecture(default_architecture):
   model, params = default_architecture
   lr = np.random.default_rng(0).random((84, 100, 3), np.float32)
-  assert_tiled_equals_untiled(model, params, lr, tile=2 * inference.receptive_radius(params) + 8)
+  assert_tiled_equals_untiled(model, params, lr,
+                              tile=2 * vae.generation_reach(model, params) + 8)
+
+
+@pytest.mark.parametrize("blur_sigma", [1.0, 0.0])
+def test_lr_consistent_model_tiles_exactly_and_gives_back_its_lr(blur_sigma):
+  """model.lr_consistent projects every output onto the images whose degradation is the
+  LR: the margin covers the projection's reach, and the SR, degraded, is the LR."""
+  config = config_lib.base()
+  config.model.features = 8
+  config.model.num_blocks = 2
+  config.model.lr_consistent = True
+  config.data.blur_sigma = blur_sigma
+  model = vae.create(config)
+  params = random_params(model)
+  margin = vae.generation_reach(model, params)
+  plain = vae.create(config_lib.from_dict(dict(config.to_dict(),
+                                               model=dict(config.model, lr_consistent=False))))
+  assert margin > vae.generation_reach(plain, params)  # the projection reaches further.
+  tile = 2 * margin + 24
+  lr = np.random.default_rng(0).random((tile + 2 * 24 + 5, tile + 2 * 24 + 11, 3), np.float32)
+  assert_tiled_equals_untiled(model, params, lr, tile=tile, atol=1e-4)
+  sr = inference.Upscaler(model, params, scale=2, tile=tile)(lr)
+  np.testing.assert_allclose(np.asarray(degradation.downscale(sr, 2, blur_sigma)), lr,
+                             atol=2e-5)
+  # Without the projection the output does not give back its LR.
+  free = np.asarray(plain.apply({"params": params}, lr[None], method="generate"))[0]
+  assert np.abs(np.asarray(degradation.downscale(free, 2, blur_sigma)) - lr).max() > 1e-2
 
 
 def test_a_tile_without_room_inside_the_margin_is_refused(tiny_workdir):
-  _, model, params, _ = train.restore_for_inference(tiny_workdir)
+  _, model, params, _ = inference.restore_model(tiny_workdir)
   with pytest.raises(inference.InferenceError, match="--tile"):
-    inference.Upscaler(model, params, scale=2, tile=2 * inference.receptive_radius(params))
+    inference.Upscaler(model, params, scale=2, tile=2 * vae.generation_reach(model, params))
 
 
 def test_output_names_mirror_the_input_folder(tmp_path):
@@ -107,7 +134,7 @@ def test_output_names_mirror_the_input_folder(tmp_path):
 
 def test_rgba_and_grayscale_give_rgb_pngs_and_bad_files_are_skipped(tiny_workdir, tmp_path):
   inputs = tmp_path / "in"
-  bad = write_bad_files(inputs / "broken", require_set("Set5") / "bird.png")
+  bad = helpers.write_unreadable_files(inputs / "broken", require_set("Set5") / "bird.png")
   rgba = np.asarray(crop_of(require_set("Set5") / "baby.png", 40).convert("RGBA")).copy()
   rgba[:, :20, 3] = 0  # the left half transparent: white, as viewers show it.
   Image.fromarray(rgba[:30]).save(inputs / "rgba.png")
@@ -148,11 +175,10 @@ def test_temperature_zero_samples_the_mean_and_negative_is_refused(tiny_workdir,
                 temperature=-1.0)
 
 
-def run_module(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
+run_module = helpers.run_module
 
 
+@pytest.mark.slow
 def test_command_line(tiny_workdir, tmp_path):
   crop_of(require_set("Set5") / "woman.png", 64).save(tmp_path / "woman.png")
   done = run_module("percvae_jax.upscale", f"--workdir={tiny_workdir}",
@@ -163,9 +189,8 @@ def test_command_line(tiny_workdir, tmp_path):
     assert Image.open(tmp_path / "out" / name).size == (128, 128)
 
 
+@pytest.mark.slow
 def test_command_line_missing_input(tiny_workdir, tmp_path):
   done = run_module("percvae_jax.upscale", f"--workdir={tiny_workdir}",
                     f"--input={tmp_path / 'nowhere'}", f"--output={tmp_path / 'out'}")
-  assert done.returncode != 0
-  assert "Traceback" not in done.stderr
-  assert "error: --input=" in done.stderr and "does not exist" in done.stderr
+  helpers.assert_one_line_error(done, "error: --input=", "does not exist", codes=(1,))

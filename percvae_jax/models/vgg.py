@@ -13,30 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-# One tap per block: the last ReLU before each max-pool (and the last one of block 5).
-TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
-
-# (output channels, number of 3x3 convs) per block, as in the original VGG16 ("D").
-_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
-
-
-def _conv_layout() -> list[tuple[str, int, int, int]]:
-  """(name, block, input channels, output channels) of each conv, in network order."""
-  layout = []
-  in_channels = 3
-  for block, (width, n_convs) in enumerate(_BLOCKS, start=1):
-    for index in range(1, n_convs + 1):
-      layout.append((f"conv{block}_{index}", block, in_channels, width))
-      in_channels = width
-  return layout
-
-
-CONV_NAMES = tuple(name for name, _, _, _ in _conv_layout())
-
-# conv name -> {"kernel": HWIO shape, "bias": shape}; what every weights file must hold.
-PARAM_SHAPES = {
-  name: {"kernel": (3, 3, c_in, c_out), "bias": (c_out,)} for name, _, c_in, c_out in _conv_layout()
-}
+from percvae_jax.models.vgg_layout import BLOCKS, CONV_NAMES, PARAM_SHAPES, TAPS, conv_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,7 +35,7 @@ def deepest_block(taps: Iterable[str]) -> int:
 def convs_for_taps(taps: Iterable[str]) -> tuple[str, ...]:
   """Names of the convs computed for these taps, in network order."""
   n_blocks = deepest_block(taps)
-  return tuple(name for name, block, _, _ in _conv_layout() if block <= n_blocks)
+  return tuple(name for name, block, _, _ in conv_layout() if block <= n_blocks)
 
 
 def params_for_taps(params: Mapping[str, Any], taps: Iterable[str]) -> dict[str, Any]:
@@ -102,7 +79,7 @@ class VGG16(nn.Module):
       x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     x = x.astype(self.dtype)
     features = {}
-    for block, (width, n_convs) in enumerate(_BLOCKS[:n_blocks], start=1):
+    for block, (width, n_convs) in enumerate(BLOCKS[:n_blocks], start=1):
       if block > 1:
         x = max_pool_2x2(x)
       for index in range(1, n_convs + 1):

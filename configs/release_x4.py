@@ -1,0 +1,21 @@
+"""The released `x4` model: the SR-VAE trained for PSNR (fidelity) at x4.
+
+Recipe: `percvae_jax.config.fidelity_sr` — the 291 images (T91 + BSD200), bicubic LR
+without blur, pixel MSE on the VAE's and the generated output, KL 1e-3, 32x4 trunk,
+96 px HR crops (one T91 image is smaller and is skipped), batch 16, Adam 1e-3 with
+cosine decay.
+
+Run (from the repository's root, ../shared/data beside it):
+  python -m percvae_jax.main --config configs/release_x4.py --workdir runs/release_x4
+  python scripts/release_model.py --workdir runs/release_x4 --name x4
+
+Result: (filled in when the release is trained.)
+"""
+
+from percvae_jax import config as config_lib
+
+
+def get_config():
+  config = config_lib.fidelity_sr(4)
+  config.train.num_steps = 12_000
+  return config

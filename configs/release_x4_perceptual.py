@@ -1,0 +1,37 @@
+"""The released `x4-perceptual` model: the x4 SR-VAE fine-tuned with the perceptual
+term as the main one, and its outputs projected onto the LR.
+
+Recipe: from the released `x4` model (train.init_from), on the 291 images with the
+classic degradation: the perceptual term is VGG16's relu1_2, relu2_2 and relu3_3,
+features unit-normalised per channel (loss.perceptual_norm=channel: each tap in [0, 4]
+whatever its magnitude or the crop size), measured on the generated output (the
+prior's mean, what users get), weighted so that its pull on the output is 10-50x the pixel MSE's; every output is projected onto the images whose bicubic downscale is
+the LR input (model.lr_consistent), so the detail it adds never changes what the LR
+determines. The VAE's own terms (pixel MSE of its output, KL 1e-3) keep the latent in
+use, so prior samples differ in texture.
+
+Run (from the repository's root, ../shared/data beside it; needs the x4 release):
+  python -m percvae_jax.main --config configs/release_x4_perceptual.py \\
+      --workdir runs/release_x4_perceptual
+  python scripts/release_model.py --workdir runs/release_x4_perceptual --name x4-perceptual
+
+Result: (filled in when the release is trained.)
+"""
+
+from percvae_jax import config as config_lib
+
+
+def get_config():
+  config = config_lib.fidelity_sr(4)
+  config.model.lr_consistent = True
+  config.loss.gamma = 0.01
+  config.loss.perceptual_norm = "channel"
+  config.loss.perceptual_on = "generated"
+  config.train.init_from = "x4"
+  config.train.batch_size = 8
+  config.train.learning_rate = 2e-4
+  config.train.warmup_steps = 100
+  config.train.num_steps = 2_000
+  config.train.eval_every = 500
+  config.train.checkpoint_every = 500
+  return config

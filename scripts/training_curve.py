@@ -1,0 +1,89 @@
+"""PSNR against training time: Y-PSNR on whole test sets at every kept checkpoint.
+
+  python scripts/training_curve.py --workdir runs/release_x2 --sets Set5,BSD100
+
+Scores each checkpoint of the run (classic protocol: HR mod-cropped, bicubic LR,
+Y-PSNR with `scale` px shaved, as `evaluate` computes it) and prints one markdown row
+per step, with the training's wall time at that step read from metrics.jsonl (the
+images/s of its log lines). Writes the rows to --output (JSON) as well. The run must
+keep its checkpoints: train with --config.train.keep_checkpoints large enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from percvae_jax import checkpoints
+from percvae_jax import degradation
+from percvae_jax import evaluate
+from percvae_jax import inference
+from percvae_jax import metrics
+from percvae_jax import reporting
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def training_hours(workdir: str) -> dict[int, float]:
+  """Hours of training up to each logged step, from the log lines' images/s."""
+  config = checkpoints.load_config(workdir)
+  lines = [r for r in reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+           if "split" not in r and "images_per_sec" in r]
+  hours, total, previous = {}, 0.0, 0
+  for record in lines:
+    total += (record["step"] - previous) * config.train.batch_size / record["images_per_sec"]
+    previous = record["step"]
+    hours[record["step"]] = total / 3600
+  return hours
+
+
+def psnr_y(upscaler, scale: int, folder: str) -> float:
+  """Mean Y-PSNR of `upscaler` on the images of `folder` (classic protocol)."""
+  values = []
+  for _, load in evaluate.folder_sources(folder):
+    hr = evaluate.mod_crop(load(), scale).astype(np.float32) / 255.0
+    lr = np.asarray(degradation.degrade(hr, scale, 0.0))
+    sr = inference.to_uint8(upscaler(lr)).astype(np.float32) / 255.0
+    values.append(float(metrics.psnr(*(metrics.shave(metrics.rgb_to_y(x[None]), scale)
+                                        for x in (sr, hr)))[0]))
+  return float(np.mean(values))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--sets", default="Set5,BSD100")
+  parser.add_argument("--data-root", default=os.path.join(REPO, "..", "shared", "data"))
+  parser.add_argument("--output", help="JSON file for the rows")
+  args = parser.parse_args(argv)
+
+  manager = checkpoints.manager(args.workdir, read_only=True)
+  steps = sorted(manager.all_steps())
+  manager.close()
+  hours = training_hours(args.workdir)
+  sets = args.sets.split(",")
+  print("| step | training hours | " + " | ".join(f"{s} Y-PSNR" for s in sets) + " |")
+  print("| --- | --- | " + " | ".join("---" for _ in sets) + " |", flush=True)
+  rows = []
+  for step in steps:
+    config, model, params, _ = inference.restore_model(args.workdir, step)
+    upscaler = inference.Upscaler(model, params, config.data.scale)
+    row = {"step": step, "hours": hours.get(step)}
+    row.update({s: psnr_y(upscaler, config.data.scale, os.path.join(args.data_root, s))
+                for s in sets})
+    rows.append(row)
+    shown = f"{row['hours']:.2f}" if row["hours"] is not None else "?"
+    print(f"| {step} | {shown} | " + " | ".join(f"{row[s]:.2f}" for s in sets) + " |",
+          flush=True)
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(rows, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -5,8 +5,8 @@ Recipe: from the released `x4` model (train.init_from), on the 291 images with t
 classic degradation: the perceptual term is VGG16's relu1_2, relu2_2 and relu3_3,
 features unit-normalised per channel (loss.perceptual_norm=channel: each tap in [0, 4]
 whatever its magnitude or the crop size), measured on the generated output (the
-prior's mean, what users get), weighted so that its pull on the output is 10-50x the pixel MSE's; every output is projected onto the images whose bicubic downscale is
-the LR input (model.lr_consistent), so the detail it adds never changes what the LR
+prior's mean, what users get), weighted so that its pull on the output is 10-50x the pixel MSE's; every output
+is projected onto the images whose bicubic downscale is the LR input (model.lr_consistent), so the detail it adds never changes what the LR
 determines. The VAE's own terms (pixel MSE of its output, KL 1e-3) keep the latent in
 use, so prior samples differ in texture.
 

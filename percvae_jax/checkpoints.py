@@ -62,12 +62,14 @@ class WorkdirLock:
       holder = self._file.read().strip() or "another process"
       self._file.close()
       raise WorkdirBusyError(
-          f"{self.workdir!r} is in use by another training ({holder}); wait for it to "
-          "end or stop it, or pass another --workdir.") from None
+        f"{self.workdir!r} is in use by another training ({holder}); wait for it to "
+        "end or stop it, or pass another --workdir."
+      ) from None
     self._file.seek(0)
     self._file.truncate()
-    self._file.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    self._file.write(
+      f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
     self._file.flush()
     return self
 
@@ -79,48 +81,55 @@ class WorkdirLock:
 
 def _make_workdir(workdir: str) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise CheckpointError(f"--workdir={workdir!r} is a file; pass a folder (it is created "
-                          "if missing).")
+    raise CheckpointError(
+      f"--workdir={workdir!r} is a file; pass a folder (it is created if missing)."
+    )
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise CheckpointError(f"cannot create --workdir={workdir!r} ({e.strerror}); pass a "
-                          "folder you can write to.") from None
+    raise CheckpointError(
+      f"cannot create --workdir={workdir!r} ({e.strerror}); pass a folder you can write to."
+    ) from None
   if not os.access(workdir, os.W_OK | os.X_OK):
-    raise CheckpointError(f"cannot write to --workdir={workdir!r}; pass a folder you can "
-                          "write to.")
+    raise CheckpointError(f"cannot write to --workdir={workdir!r}; pass a folder you can write to.")
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(workdir: str, keep: int | None = None, read_only: bool = False
-            ) -> ocp.CheckpointManager:
+def manager(
+  workdir: str, keep: int | None = None, read_only: bool = False
+) -> ocp.CheckpointManager:
   """The workdir's checkpoint manager; `keep` newest checkpoints are kept. A read-only
   one (for inference) can restore parts of the state (`restore_params`)."""
   quiet_orbax()
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                         read_only=read_only)
-  state_handler = (ocp.PyTreeCheckpointHandler() if read_only
-                   else ocp.StandardCheckpointHandler())
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=not read_only, read_only=read_only
+  )
+  state_handler = ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler()
   return ocp.CheckpointManager(
-      checkpoint_dir(workdir), options=options,
-      item_handlers={STATE_ITEM: state_handler, CONFIG_ITEM: ocp.JsonCheckpointHandler()})
+    checkpoint_dir(workdir),
+    options=options,
+    item_handlers={STATE_ITEM: state_handler, CONFIG_ITEM: ocp.JsonCheckpointHandler()},
+  )
 
 
 def quiet_orbax() -> None:
-  """Keeps Orbax's per-save INFO lines out of the training log (warnings stay)."""
+  """Keeps Orbax's per-save INFO lines out of the training log, and its warnings that a
+  read-only manager (inference's) is read-only; other warnings stay."""
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
     handler.addFilter(_DropOrbaxInfo())
 
 
 class _DropOrbaxInfo:
-
   def filter(self, record) -> bool:
+    if "/orbax/" in record.pathname and "read_only" in record.getMessage().replace(" ", "_"):
+      return False
     return record.levelno >= std_logging.WARNING or (
-        "/orbax/" not in record.pathname and "signaling_client" not in record.pathname)
+      "/orbax/" not in record.pathname and "signaling_client" not in record.pathname
+    )
 
 
 def checkpointed(state) -> dict:
@@ -129,19 +138,25 @@ def checkpointed(state) -> dict:
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, config) -> None:
   """Saves `state` at `step` with the config beside it (asynchronously)."""
-  checkpoints.save(step, args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.StandardSave(checkpointed(state)),
-      CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}))
+  checkpoints.save(
+    step,
+    args=ocp.args.Composite(
+      **{
+        STATE_ITEM: ocp.args.StandardSave(checkpointed(state)),
+        CONFIG_ITEM: ocp.args.JsonSave(config.to_dict()),
+      }
+    ),
+  )
 
 
 def restore(checkpoints: ocp.CheckpointManager, state, step: int, sharding=None):
   """`state` with the checkpoint at `step`, laid out like `state` (any device count)."""
-  to_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                             sharding=sharding or x.sharding)
+  to_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding)
   target = jax.tree.map(to_struct, checkpointed(state))
   check_compatible(checkpoints, step, target["params"])
-  restored = checkpoints.restore(step, args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.StandardRestore(target)}))
+  restored = checkpoints.restore(
+    step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)})
+  )
   return state.replace(**restored[STATE_ITEM])
 
 
@@ -160,8 +175,14 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, workdir: str):
     except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore errors vary.
       reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
       kept = _set_aside(workdir, step)
-      logging.warning("The checkpoint at step %d cannot be restored (%s: %s); skipping it. "
-                      "Its files are kept in %s.", step, type(e).__name__, reason, kept)
+      logging.warning(
+        "The checkpoint at step %d cannot be restored (%s: %s); skipping it. "
+        "Its files are kept in %s.",
+        step,
+        type(e).__name__,
+        reason,
+        kept,
+      )
       checkpoints.reload()
   return state, None
 
@@ -169,8 +190,9 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, workdir: str):
 def _set_aside(workdir: str, step: int) -> str:
   """Moves a damaged checkpoint out of the way; returns where it went."""
   source = os.path.join(checkpoint_dir(workdir), str(step))
-  target = os.path.join(os.path.abspath(workdir), DAMAGED_DIR,
-                        f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  target = os.path.join(
+    os.path.abspath(workdir), DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+  )
   if jax.process_index() == 0 and os.path.exists(source):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.move(source, target)
@@ -191,28 +213,39 @@ def check_compatible(checkpoints: ocp.CheckpointManager, step: int, params) -> N
   """Refuses a checkpoint of another architecture, listing what differs."""
   saved = _shapes(_saved_state_tree(checkpoints, step)["params"])
   wanted = _shapes(params)
-  problems = [f"  {k}: checkpoint {saved.get(k, 'missing')}, this config {wanted.get(k, 'missing')}"
-              for k in sorted(saved.keys() | wanted.keys()) if saved.get(k) != wanted.get(k)]
+  problems = [
+    f"  {k}: checkpoint {saved.get(k, 'missing')}, this config {wanted.get(k, 'missing')}"
+    for k in sorted(saved.keys() | wanted.keys())
+    if saved.get(k) != wanted.get(k)
+  ]
   if problems:
-    shown = "\n".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more"
-                                         if len(problems) > 12 else "")
+    shown = "\n".join(problems[:12]) + (
+      f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+    )
     raise ConfigError(
-        f"the checkpoint at step {step} in {checkpoints.directory} was trained with another "
-        f"configuration; {len(problems)} arrays differ:\n{shown}\nUse the configuration "
-        "it was trained with (see config.json beside it), or a new --workdir.")
+      f"the checkpoint at step {step} in {checkpoints.directory} was trained with another "
+      f"configuration; {len(problems)} arrays differ:\n{shown}\nUse the configuration "
+      "it was trained with (see config.json beside it), or a new --workdir."
+    )
 
 
-def restore_params(checkpoints: ocp.CheckpointManager, step: int, abstract_params,
-                   sharding):
+def restore_params(checkpoints: ocp.CheckpointManager, step: int, abstract_params, sharding):
   """The parameters alone of the checkpoint at `step`, placed by `sharding`; needs a
   read-only `manager`. The optimiser state is neither built nor read."""
   check_compatible(checkpoints, step, abstract_params)
-  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
-                              abstract_params)
-  restored = checkpoints.restore(step, args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.PyTreeRestore(item={"params": abstract_params},
-                                         restore_args={"params": restore_args},
-                                         partial_restore=True)}))
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract_params)
+  restored = checkpoints.restore(
+    step,
+    args=ocp.args.Composite(
+      **{
+        STATE_ITEM: ocp.args.PyTreeRestore(
+          item={"params": abstract_params},
+          restore_args={"params": restore_args},
+          partial_restore=True,
+        )
+      }
+    ),
+  )
   return restored[STATE_ITEM]["params"]
 
 
@@ -237,8 +270,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     saved = _config_from_checkpoints(workdir)
     if saved is None:
       raise CheckpointError(
-          f"{workdir!r} holds neither {CONFIG_FILE} nor a checkpoint: it is not the "
-          "--workdir of a training run; pass the --workdir you trained with.")
+        f"{workdir!r} holds neither {CONFIG_FILE} nor a checkpoint: it is not the "
+        "--workdir of a training run; pass the --workdir you trained with."
+      )
   return config_lib.from_dict(saved)
 
 
@@ -249,8 +283,9 @@ def _config_from_checkpoints(workdir: str) -> dict | None:
   try:
     for step in sorted(checkpoints.all_steps(), reverse=True):
       try:
-        return checkpoints.restore(step, args=ocp.args.Composite(**{
-            CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+        return checkpoints.restore(
+          step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()})
+        )[CONFIG_ITEM]
       except Exception:  # pylint: disable=broad-except  # an older or damaged checkpoint.
         continue
     return None

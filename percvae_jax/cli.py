@@ -19,4 +19,3 @@ def exit_on_user_error(function, *args, **kwargs):
   except KeyboardInterrupt:
     print("Interrupted.", file=sys.stderr)
     sys.exit(130)
-

@@ -6,10 +6,9 @@ import runpy
 
 import ml_collections
 
-from percvae_jax.errors import ConfigError
-
 from percvae_jax import data as data_lib
 from percvae_jax.degradation import SCALES
+from percvae_jax.errors import ConfigError
 
 
 def base() -> ml_collections.ConfigDict:
@@ -143,8 +142,6 @@ PERCEPTUAL_NORMS = ("none", "channel")
 PERCEPTUAL_TARGETS = ("vae", "generated")
 
 
-
-
 def _choice(name: str, value, choices) -> None:
   if value not in choices:
     raise ConfigError(f"config.{name}={value!r} is not valid; choose one of {list(choices)}.")
@@ -153,6 +150,7 @@ def _choice(name: str, value, choices) -> None:
 def perceptual_taps(config) -> tuple[tuple[str, float], ...]:
   """(tap, weight) pairs from the comma-separated loss fields."""
   from percvae_jax.models import vgg  # pylint: disable=g-import-not-at-top  # inference needs no VGG.
+
   taps = [t.strip() for t in config.loss.perceptual_layers.split(",") if t.strip()]
   for tap in taps:
     _choice("loss.perceptual_layers", tap, vgg.TAPS)
@@ -161,16 +159,19 @@ def perceptual_taps(config) -> tuple[tuple[str, float], ...]:
     return tuple((t, 1.0) for t in taps)
   if len(weights) != len(taps):
     raise ConfigError(
-        f"config.loss.perceptual_weights has {len(weights)} values for {len(taps)} "
-        f"taps ({config.loss.perceptual_layers}); give one weight per tap or none.")
+      f"config.loss.perceptual_weights has {len(weights)} values for {len(taps)} "
+      f"taps ({config.loss.perceptual_layers}); give one weight per tap or none."
+    )
   try:
     pairs = tuple((t, float(w)) for t, w in zip(taps, weights))
   except ValueError as e:
     raise ConfigError(f"config.loss.perceptual_weights: {e}") from None
   bad = [w for _, w in pairs if not (math.isfinite(w) and w >= 0)]
   if bad:
-    raise ConfigError(f"config.loss.perceptual_weights={config.loss.perceptual_weights!r}: "
-                      f"{bad[0]} is not a finite weight >= 0.")
+    raise ConfigError(
+      f"config.loss.perceptual_weights={config.loss.perceptual_weights!r}: "
+      f"{bad[0]} is not a finite weight >= 0."
+    )
   return pairs
 
 
@@ -178,19 +179,29 @@ def perceptual_taps(config) -> tuple[tuple[str, float], ...]:
 # A learning rate above 1 is refused as well: Adam's steps are about that size in
 # every parameter, which no network here survives.
 RANGES = {
-    "data.hr_size": (1, None, True), "data.blur_sigma": (0.0, 10.0, True),
-    "data.resize_shorter": (0, None, True), "data.num_eval_images": (1, None, True),
-    "data.eval_crops_per_image": (1, None, True),
-    "model.features": (1, None, True), "model.num_blocks": (1, None, True),
-    "model.latent_channels": (1, None, True), "model.latent_dim": (1, None, True),
-    "loss.alpha": (0.0, None, True), "loss.gamma": (0.0, None, True),
-    "loss.recon_weight": (0.0, None, True), "loss.kl_weight": (0.0, None, True),
-    "loss.prior_recon_weight": (0.0, None, True),
-    "train.batch_size": (1, None, True), "train.num_steps": (1, None, True),
-    "train.learning_rate": (0.0, 1.0, False), "train.warmup_steps": (0, None, True),
-    "train.seed": (0, None, True), "train.log_every": (1, None, True),
-    "train.eval_every": (1, None, True), "train.checkpoint_every": (1, None, True),
-    "train.keep_checkpoints": (1, None, True),
+  "data.hr_size": (1, None, True),
+  "data.blur_sigma": (0.0, 10.0, True),
+  "data.resize_shorter": (0, None, True),
+  "data.num_eval_images": (1, None, True),
+  "data.eval_crops_per_image": (1, None, True),
+  "model.features": (1, None, True),
+  "model.num_blocks": (1, None, True),
+  "model.latent_channels": (1, None, True),
+  "model.latent_dim": (1, None, True),
+  "loss.alpha": (0.0, None, True),
+  "loss.gamma": (0.0, None, True),
+  "loss.recon_weight": (0.0, None, True),
+  "loss.kl_weight": (0.0, None, True),
+  "loss.prior_recon_weight": (0.0, None, True),
+  "train.batch_size": (1, None, True),
+  "train.num_steps": (1, None, True),
+  "train.learning_rate": (0.0, 1.0, False),
+  "train.warmup_steps": (0, None, True),
+  "train.seed": (0, None, True),
+  "train.log_every": (1, None, True),
+  "train.eval_every": (1, None, True),
+  "train.checkpoint_every": (1, None, True),
+  "train.keep_checkpoints": (1, None, True),
 }
 
 
@@ -198,14 +209,18 @@ def _check_range(config, name: str) -> None:
   section, field = name.split(".")
   value = config[section][field]
   low, high, low_included = RANGES[name]
-  allowed = (f"{'>=' if low_included else '>'} {low}"
-             + (f" and <= {high}" if high is not None else ""))
+  allowed = f"{'>=' if low_included else '>'} {low}" + (
+    f" and <= {high}" if high is not None else ""
+  )
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise ConfigError(f"config.{name}={value!r} must be a number {allowed}.")
   if isinstance(low, int) and not isinstance(value, int):
     raise ConfigError(f"config.{name}={value!r} must be a whole number {allowed}.")
-  if not (math.isfinite(value) and (value >= low if low_included else value > low)
-          and (high is None or value <= high)):
+  if not (
+    math.isfinite(value)
+    and (value >= low if low_included else value > low)
+    and (high is None or value <= high)
+  ):
     raise ConfigError(f"config.{name}={value!r} is out of range: it must be {allowed}.")
 
 
@@ -225,27 +240,31 @@ def validate(config, num_devices: int) -> None:
     _check_range(config, name)
   if data.hr_size % data.scale:
     raise ConfigError(
-        f"config.data.hr_size={data.hr_size} is not a multiple of config.data.scale="
-        f"{data.scale}; e.g. use {data.scale * max(1, data.hr_size // data.scale)}.")
+      f"config.data.hr_size={data.hr_size} is not a multiple of config.data.scale="
+      f"{data.scale}; e.g. use {data.scale * max(1, data.hr_size // data.scale)}."
+    )
   if config.model.name == "seed" and data.hr_size % 8:
-    raise ConfigError(
-        f"config.data.hr_size={data.hr_size}: the seed model needs a multiple of 8.")
+    raise ConfigError(f"config.data.hr_size={data.hr_size}: the seed model needs a multiple of 8.")
   if data.name == "folder":
     for field in ("train_dir", "eval_dir"):
       folders = data_lib.split_folders(data[field])
       missing = [path for path in folders if not os.path.isdir(path)]
       if not folders or missing:
         raise ConfigError(
-            f"config.data.{field}={(missing or [data[field]])[0]!r} is not a directory; with "
-            f"data.name=folder pass --config.data.{field}=/path/to/images (several folders "
-            "separated by commas).")
+          f"config.data.{field}={(missing or [data[field]])[0]!r} is not a directory; with "
+          f"data.name=folder pass --config.data.{field}=/path/to/images (several folders "
+          "separated by commas)."
+        )
   if train.batch_size % num_devices:
     raise ConfigError(
-        f"config.train.batch_size={train.batch_size} is not divisible by the "
-        f"{num_devices} devices; use a multiple of {num_devices}.")
+      f"config.train.batch_size={train.batch_size} is not divisible by the "
+      f"{num_devices} devices; use a multiple of {num_devices}."
+    )
   if loss.alpha * (loss.recon_weight + loss.kl_weight) + loss.prior_recon_weight + loss.gamma == 0:
-    raise ConfigError("every loss weight is 0, so nothing would be learned; set "
-                      "config.loss.recon_weight, prior_recon_weight or gamma above 0.")
+    raise ConfigError(
+      "every loss weight is 0, so nothing would be learned; set "
+      "config.loss.recon_weight, prior_recon_weight or gamma above 0."
+    )
   if loss.gamma > 0:
     perceptual_taps(config)
 
@@ -257,13 +276,17 @@ def check_overrides(argv) -> None:
   for arg in argv[1:]:
     if not arg.startswith("--config."):
       continue
-    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    path = arg[len("--config.") :].split("=", 1)[0].split(".")
     node = known
     for depth, key in enumerate(path):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         where = "config" + "".join(f".{k}" for k in path[:depth])
-        fields = (", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict)
-                  else "none: it is a value")
-        raise ConfigError(f"{arg.split('=', 1)[0]}: {where} has no field {key!r}; its fields: "
-                          f"{fields}.")
+        fields = (
+          ", ".join(sorted(node.keys()))
+          if isinstance(node, ml_collections.ConfigDict)
+          else "none: it is a value"
+        )
+        raise ConfigError(
+          f"{arg.split('=', 1)[0]}: {where} has no field {key!r}; its fields: {fields}."
+        )
       node = node[key]

@@ -4,9 +4,10 @@ XLA reads XLA_FLAGS once, when JAX starts its first backend, so `apply` runs at 
 top of each tool's `main` (percvae_jax.main, upscale, evaluate), before any JAX
 computation. It detects the CPU (model, AVX2 / AVX-512 / AMX, cores), adds the flags
 chosen for it and the task to XLA_FLAGS, tunes malloc, and logs its choice once.
-A flag the user already put in XLA_FLAGS is kept as the user set it; glibc malloc
-settings of the user's own (GLIBC_TUNABLES=glibc.malloc.*, MALLOC_*_) turn the malloc
-tuning off; PERCVAE_CPU_SETTINGS=none turns everything off.
+A flag the user already put in XLA_FLAGS is kept as the user set it; the user's own
+setting of the malloc parameters it tunes (GLIBC_TUNABLES=glibc.malloc.arena_max=...,
+MALLOC_ARENA_MAX_=... and the like) turns the malloc tuning off (glibc.malloc.hugetlb
+combines with it); PERCVAE_CPU_SETTINGS=none turns everything off.
 
 What it chooses, and why (scripts/benchmark_speed.py measures each; README, Speed):
 
@@ -51,6 +52,15 @@ NO_YNN_FUSIONS = ("xla_cpu_experimental_ynn_fusion_type", "")
 # mallopt parameters (glibc's malloc.h) and the values `tune_malloc` sets.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 MALLOPT = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
+# glibc's names for them (and their neighbours): the user's own setting of any wins.
+MALLOC_TUNABLES = (
+  "mmap_max",
+  "trim_threshold",
+  "arena_max",
+  "mmap_threshold",
+  "arena_test",
+  "top_pad",
+)
 OFF = "none"  # PERCVAE_CPU_SETTINGS=none: change nothing.
 
 _applied = None  # the first `apply`'s Choice: a process applies its settings once.
@@ -61,7 +71,7 @@ class Cpu:
   """What the settings depend on: the model name, /proc/cpuinfo's flags, the cores."""
 
   model: str
-  flags: frozenset = frozenset()
+  flags: frozenset = dataclasses.field(default=frozenset(), repr=False)
   cores: int = 1
   machine: str = "x86_64"
 
@@ -80,29 +90,36 @@ class Cpu:
 
   def describe(self) -> str:
     """e.g. 'AMD EPYC 7B13, x86_64 with AVX2 (no AVX-512), 2 cores'."""
-    names = {"amx": "AVX-512 and AMX", "avx512": "AVX-512",
-             "avx2": "AVX2 (no AVX-512)", "other": "neither AVX2 nor AVX-512"}
+    names = {
+      "amx": "AVX-512 and AMX",
+      "avx512": "AVX-512",
+      "avx2": "AVX2 (no AVX-512)",
+      "other": "neither AVX2 nor AVX-512",
+    }
     return f"{self.model}, {self.machine} with {names[self.isa]}, {self.cores} cores"
 
 
 def detect(cpuinfo: str = "/proc/cpuinfo") -> Cpu:
   """This machine's CPU, from /proc/cpuinfo where there is one."""
   import platform  # pylint: disable=g-import-not-at-top
+
   fields = {}
-  with contextlib.suppress(OSError):
-    with open(cpuinfo) as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-        if not line.strip() and "flags" in fields:
-          break  # the first processor's block is enough.
+  with contextlib.suppress(OSError), open(cpuinfo) as f:
+    for line in f:
+      key, _, value = line.partition(":")
+      fields.setdefault(key.strip(), value.strip())
+      if not line.strip() and "flags" in fields:
+        break  # the first processor's block is enough.
   try:
     cores = len(os.sched_getaffinity(0))
   except AttributeError:
     cores = os.cpu_count() or 1
-  return Cpu(model=fields.get("model name") or platform.processor() or "unknown CPU",
-             flags=frozenset(fields.get("flags", "").split()), cores=cores,
-             machine=platform.machine())
+  return Cpu(
+    model=fields.get("model name") or platform.processor() or "unknown CPU",
+    flags=frozenset(fields.get("flags", "").split()),
+    cores=cores,
+    machine=platform.machine(),
+  )
 
 
 def choose(cpu: Cpu, task: str) -> dict[str, str]:
@@ -164,8 +181,9 @@ def apply(task: str, cpu: Cpu | None = None, environ=None) -> Choice:
   added = {name: value for name, value in wanted.items() if name in known}
   if added:
     environ["XLA_FLAGS"] = " ".join(
-        [user_flags.strip()] * bool(user_flags.strip())
-        + [f"--{name}={value}" for name, value in added.items()])
+      [user_flags.strip()] * bool(user_flags.strip())
+      + [f"--{name}={value}" for name, value in added.items()]
+    )
   _applied = Choice(cpu, task, added, kept, unknown, tune_malloc(environ))
   logging.info("%s", _applied.describe())
   return _applied
@@ -173,11 +191,13 @@ def apply(task: str, cpu: Cpu | None = None, environ=None) -> Choice:
 
 def tune_malloc(environ=None) -> str:
   """Keeps freed memory in the process for reuse (see the module's docstring), unless
-  the user set glibc's malloc or preloaded another allocator, off glibc, or when JAX
-  will run on an accelerator. Returns what it did, in words."""
+  the user set these malloc parameters or preloaded another allocator, off glibc, or
+  when JAX will run on an accelerator. Returns what it did, in words."""
   environ = os.environ if environ is None else environ
-  if "glibc.malloc." in environ.get("GLIBC_TUNABLES", "") or any(
-      k.startswith("MALLOC_") and k.endswith("_") for k in environ):
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  if any(f"glibc.malloc.{name}=" in tunables for name in MALLOC_TUNABLES) or any(
+    f"MALLOC_{name.upper()}_" in environ for name in MALLOC_TUNABLES
+  ):
     return "unchanged (your GLIBC_TUNABLES / MALLOC_*_ settings)"
   if re.search(r"jemalloc|tcmalloc|mimalloc", environ.get("LD_PRELOAD", "")):
     return "unchanged (another allocator is preloaded)"
@@ -210,7 +230,7 @@ def accelerator_expected(environ=None) -> bool:
   return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def known_xla_flags(names: tuple[str, ...]) -> frozenset[str]:
   """Those of `names` that this jaxlib's XLA defines (XLA aborts on unknown flags):
   found as strings in its shared library's read-only data."""
@@ -219,16 +239,22 @@ def known_xla_flags(names: tuple[str, ...]) -> frozenset[str]:
   spec = importlib.util.find_spec("jaxlib")
   if spec is None or not spec.submodule_search_locations:
     return frozenset()
-  libraries = [p for d in spec.submodule_search_locations for p in glob.glob(os.path.join(d, "*.so"))]
+  libraries = [
+    path
+    for folder in spec.submodule_search_locations
+    for path in glob.glob(os.path.join(folder, "*.so"))
+  ]
   if not libraries:
     return frozenset()
   found = set()
-  with open(max(libraries, key=os.path.getsize), "rb") as f:
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-      start, end = _rodata(data)
-      for name in names:
-        if data.find(b"\0" + name.encode() + b"\0", start, end) >= 0:
-          found.add(name)
+  with (
+    open(max(libraries, key=os.path.getsize), "rb") as f,
+    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data,
+  ):
+    start, end = _rodata(data)
+    for name in names:
+      if data.find(b"\0" + name.encode() + b"\0", start, end) >= 0:
+        found.add(name)
   return frozenset(found)
 
 
@@ -238,7 +264,7 @@ def _rodata(data) -> tuple[int, int]:
   whole = (0, len(data))
   if data[:6] != b"\x7fELF\x02\x01":
     return whole
-  shoff, = struct.unpack_from("<Q", data, 0x28)
+  (shoff,) = struct.unpack_from("<Q", data, 0x28)
   shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
   if not shoff or shstrndx >= shnum:
     return whole
@@ -247,6 +273,6 @@ def _rodata(data) -> tuple[int, int]:
   for i in range(shnum):
     name, _, _, _, offset, size = header(i)
     at = names_offset + name
-    if data[at:at + 8] == b".rodata\0":
+    if data[at : at + 8] == b".rodata\0":
       return offset, offset + size
   return whole

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import warnings
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from absl import logging
@@ -29,9 +29,17 @@ from percvae_jax.errors import DataError
 # training sets WebP lossy), the smallest Pillow reads; see scripts/prepare_accelerator.py.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Photographs that scikit-image ships: the offline default needs no download.
-EMBEDDED_TRAIN = ("astronaut.png", "rocket.jpg", "motorcycle_left.png",
-                  "hubble_deep_field.jpg", "camera.png", "brick.png", "grass.png",
-                  "gravel.png", "moon.png")
+EMBEDDED_TRAIN = (
+  "astronaut.png",
+  "rocket.jpg",
+  "motorcycle_left.png",
+  "hubble_deep_field.jpg",
+  "camera.png",
+  "brick.png",
+  "grass.png",
+  "gravel.png",
+  "moon.png",
+)
 EMBEDDED_EVAL = ("chelsea.png", "coffee.png")
 
 
@@ -69,8 +77,14 @@ def decode_image(path: str) -> np.ndarray:
         # Phone photos are stored sideways with an EXIF orientation tag: applied here,
         # the one place every image is read (training, evaluation, upscaling).
         return to_rgb_uint8(ImageOps.exif_transpose(image))
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-          Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+  except (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+  ) as e:
     raise BadImage(f"{path}: {type(e).__name__}: {e}") from None
 
 
@@ -119,8 +133,9 @@ def list_images(root: str) -> list[str]:
   found = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames.sort()
-    found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
+    found.extend(
+      os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
   return found
 
 
@@ -182,8 +197,10 @@ def read_folder(root: str, min_size: int, resize: int = 0) -> ImageSet:
     except BadImage as e:
       return None, f"skipping unreadable image {e}"
     if min(image.shape[:2]) < min_size:
-      return None, (f"skipping {path}: {image.shape[1]}x{image.shape[0]} px is smaller "
-                    f"than the {min_size} px crop")
+      return None, (
+        f"skipping {path}: {image.shape[1]}x{image.shape[0]} px is smaller "
+        f"than the {min_size} px crop"
+      )
     return image, None
 
   with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
@@ -200,9 +217,10 @@ def read_folder(root: str, min_size: int, resize: int = 0) -> ImageSet:
     logging.warning("%s: skipped %d of %d image files.", root, skipped, len(paths))
   if not images:
     raise DataError(
-        f"{root!r} holds no usable image ({len(paths)} files with extensions "
-        f"{', '.join(IMAGE_EXTENSIONS)} found, {skipped} unusable); point it at a "
-        f"folder of photos at least {min_size} px on the shorter side.")
+      f"{root!r} holds no usable image ({len(paths)} files with extensions "
+      f"{', '.join(IMAGE_EXTENSIONS)} found, {skipped} unusable); point it at a "
+      f"folder of photos at least {min_size} px on the shorter side."
+    )
   return ImageSet(names, images.__getitem__)
 
 
@@ -217,8 +235,11 @@ def read_folders(roots: Sequence[str], min_size: int, resize: int = 0) -> ImageS
   if len(roots) == 1:
     return read_folder(roots[0], min_size, resize)
   sets = [read_folder(root, min_size, resize) for root in roots]
-  names = [os.path.join(os.path.basename(os.path.normpath(root)), name)
-           for root, images in zip(roots, sets) for name in images.names]
+  names = [
+    os.path.join(os.path.basename(os.path.normpath(root)), name)
+    for root, images in zip(roots, sets)
+    for name in images.names
+  ]
   loads = [(images, i) for images in sets for i in range(len(images))]
   return ImageSet(names, lambda index: loads[index][0][loads[index][1]])
 
@@ -226,6 +247,7 @@ def read_folders(roots: Sequence[str], min_size: int, resize: int = 0) -> ImageS
 def embedded_images(split: str, resize: int = 0) -> ImageSet:
   """The real photographs bundled with scikit-image (no download)."""
   import skimage  # pylint: disable=g-import-not-at-top
+
   folder = os.path.join(os.path.dirname(skimage.__file__), "data")
   names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_EVAL
   images = [resize_shorter(decode_image(os.path.join(folder, n)), resize) for n in names]
@@ -237,15 +259,16 @@ def tfds_images(name: str, split: str, data_dir: str, resize: int = 0) -> ImageS
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise DataError(f"the {name} dataset needs TensorFlow Datasets, an extra: install it "
-                    "with `pip install 'percvae_jax[pets]'`, or train on a folder of "
-                    "images (--config.data.name=folder).") from None
+    raise DataError(
+      f"the {name} dataset needs TensorFlow Datasets, an extra: install it "
+      "with `pip install 'percvae_jax[pets]'`, or train on a folder of "
+      "images (--config.data.name=folder)."
+    ) from None
   source = tfds.data_source(name, split=split, data_dir=data_dir or None)
   names = [f"{split}/{i}" for i in range(len(source))]
 
   def load(index: int) -> np.ndarray:
-    return resize_shorter(to_rgb_uint8(Image.fromarray(np.asarray(source[index]["image"]))),
-                          resize)
+    return resize_shorter(to_rgb_uint8(Image.fromarray(np.asarray(source[index]["image"]))), resize)
 
   return ImageSet(names, load)
 
@@ -254,8 +277,9 @@ def load_split(data_config, split: str) -> ImageSet:
   """The images of `split` ("train" or "eval") for `config.data`."""
   resize = data_config.resize_shorter
   if data_config.name == "oxford_iiit_pet":
-    return tfds_images("oxford_iiit_pet", "train" if split == "train" else "test",
-                       data_config.tfds_data_dir, resize)
+    return tfds_images(
+      "oxford_iiit_pet", "train" if split == "train" else "test", data_config.tfds_data_dir, resize
+    )
   if data_config.name == "folder":
     roots = data_config.train_dir if split == "train" else data_config.eval_dir
     return read_folders(split_folders(roots), data_config.hr_size, resize)
@@ -308,7 +332,7 @@ class TrainBatches:
       image = crop_to(self.images[int(indices[row])], self.hr_size)
       top = int(corners[row, 0] * (image.shape[0] - self.hr_size + 1))
       left = int(corners[row, 1] * (image.shape[1] - self.hr_size + 1))
-      crop = image[top:top + self.hr_size, left:left + self.hr_size]
+      crop = image[top : top + self.hr_size, left : left + self.hr_size]
       if not (flips[row, 0] or flips[row, 1]):
         out[k] = crop
         continue
@@ -322,8 +346,9 @@ class TrainBatches:
         out[k, :, :, channel] = crop[:, :, channel]
     return out
 
-  def stream(self, first_step: int, last_step: int, workers: int | None = None,
-             ahead: int | None = None) -> Iterator[np.ndarray]:
+  def stream(
+    self, first_step: int, last_step: int, workers: int | None = None, ahead: int | None = None
+  ) -> Iterator[np.ndarray]:
     """`batch(s)` for s in [first_step, last_step), in order, built by `workers`
     threads (default `default_workers()`) up to `ahead` batches (default 2 per
     worker) before they are asked for. Each batch is still a function of (seed,
@@ -354,8 +379,9 @@ def default_workers() -> int:
   return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
 
 
-def eval_crops(images: ImageSet, size: int, limit: int,
-               per_image: int = 1) -> tuple[np.ndarray, list[str]]:
+def eval_crops(
+  images: ImageSet, size: int, limit: int, per_image: int = 1
+) -> tuple[np.ndarray, list[str]]:
   """Up to `limit` crops of `size`, uint8 [n, size, size, 3]: the central crop of each
   image, or with `per_image` > 1 up to that many tiles of each image's central grid."""
   crops, names = [], []
@@ -368,7 +394,7 @@ def eval_crops(images: ImageSet, size: int, limit: int,
       top, left = (image.shape[0] - rows * size) // 2, (image.shape[1] - cols * size) // 2
       corners = [(top + r * size, left + c * size) for r in range(rows) for c in range(cols)]
     for top, left in corners[:per_image]:
-      crops.append(image[top:top + size, left:left + size])
+      crops.append(image[top : top + size, left : left + size])
       names.append(f"{images.names[i]}@{top},{left}")
       if len(crops) == limit:
         return np.stack(crops), names

@@ -24,9 +24,9 @@ BICUBIC_REACH = 2
 def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
   x = np.abs(x)
   return np.where(
-      x < 1.0,
-      ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
-      np.where(x < 2.0, (((x - 5.0) * x + 8.0) * x - 4.0) * a, 0.0),
+    x < 1.0,
+    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
+    np.where(x < 2.0, (((x - 5.0) * x + 8.0) * x - 4.0) * a, 0.0),
   )
 
 
@@ -59,9 +59,10 @@ def gaussian_blur_matrix(size: int, sigma: float) -> np.ndarray:
   radius = math.ceil(3.0 * sigma)
   if size <= radius:
     raise ValueError(
-        f"An image side of {size} px is too small for a Gaussian blur of sigma "
-        f"{sigma} (radius {radius} px); use larger images or a smaller "
-        "config.data.blur_sigma.")
+      f"An image side of {size} px is too small for a Gaussian blur of sigma "
+      f"{sigma} (radius {radius} px); use larger images or a smaller "
+      "config.data.blur_sigma."
+    )
   offsets = np.arange(-radius, radius + 1)
   kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
   kernel /= kernel.sum()
@@ -88,8 +89,7 @@ def apply_separable(images, rows: np.ndarray, cols: np.ndarray):
 def bicubic_resize(images, height: int, width: int):
   """PIL-exact bicubic resize of float NHWC (or HWC) images to (height, width)."""
   in_h, in_w = images.shape[-3], images.shape[-2]
-  return apply_separable(
-      images, bicubic_matrix(in_h, height), bicubic_matrix(in_w, width))
+  return apply_separable(images, bicubic_matrix(in_h, height), bicubic_matrix(in_w, width))
 
 
 def quantize(images):
@@ -139,16 +139,18 @@ def projection_reach(scale: int, blur_sigma: float, tolerance: float = 1e-8) -> 
 def _check_divisible(h: int, w: int, scale: int) -> None:
   if h % scale or w % scale:
     raise ValueError(
-        f"HR size {h}x{w} is not divisible by the scale {scale}; crop the HR to "
-        "a multiple of the scale first.")
+      f"HR size {h}x{w} is not divisible by the scale {scale}; crop the HR to "
+      "a multiple of the scale first."
+    )
 
 
 def downscale(hr, scale: int, blur_sigma: float):
   """HR float images -> their degradation (blur, bicubic downscaling), unquantised."""
   h, w = hr.shape[-3], hr.shape[-2]
   _check_divisible(h, w, scale)
-  return apply_separable(hr, degradation_matrix(h, scale, blur_sigma),
-                         degradation_matrix(w, scale, blur_sigma))
+  return apply_separable(
+    hr, degradation_matrix(h, scale, blur_sigma), degradation_matrix(w, scale, blur_sigma)
+  )
 
 
 def degrade(hr, scale: int, blur_sigma: float):
@@ -165,8 +167,9 @@ def project_onto_lr(sr, lr, scale: int, blur_sigma: float):
   """
   h, w = sr.shape[-3], sr.shape[-2]
   residual = lr - downscale(sr, scale, blur_sigma)
-  return sr + apply_separable(residual, degradation_pinv(h, scale, blur_sigma),
-                              degradation_pinv(w, scale, blur_sigma))
+  return sr + apply_separable(
+    residual, degradation_pinv(h, scale, blur_sigma), degradation_pinv(w, scale, blur_sigma)
+  )
 
 
 def bicubic_upscale(lr, scale: int):

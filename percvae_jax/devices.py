@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -48,8 +49,9 @@ def local_replicated():
   return NamedSharding(Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,)), P())
 
 
-def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+def initialize_distributed(
+  coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> None:
   """Joins a multi-process run: explicit coordinator flags, or auto-detected on
   Cloud TPU, Slurm, Open MPI and Kubernetes (all arguments None)."""
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs.

@@ -21,9 +21,7 @@ import os
 import jax
 import numpy as np
 
-from percvae_jax import checkpoints
-from percvae_jax import devices
-from percvae_jax import released
+from percvae_jax import checkpoints, devices, released
 from percvae_jax.errors import CheckpointError, InferenceError
 from percvae_jax.models import vae
 
@@ -47,8 +45,10 @@ def window_spans(size: int, tile: int, margin: int) -> list[tuple[int, int, int]
   if size <= tile:
     return [(0, 0, size)]
   step = tile - 2 * margin
-  return [(min(max(start - margin, 0), size - tile), start, min(start + step, size))
-          for start in range(0, size, step)]
+  return [
+    (min(max(start - margin, 0), size - tile), start, min(start + step, size))
+    for start in range(0, size, step)
+  ]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -61,25 +61,39 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class Upscaler:
   """Super-resolves LR images of any size with a fully convolutional model, by tiles."""
 
-  def __init__(self, model, params, scale: int, tile: int = DEFAULT_TILE,
-               temperature: float = DEFAULT_TEMPERATURE):
+  def __init__(
+    self,
+    model,
+    params,
+    scale: int,
+    tile: int = DEFAULT_TILE,
+    temperature: float = DEFAULT_TEMPERATURE,
+  ):
     if not temperature >= 0:
-      raise InferenceError(f"--temperature={temperature} must be 0 or more (0: every "
-                           "sample is the mean output, 1: the prior as trained).")
+      raise InferenceError(
+        f"--temperature={temperature} must be 0 or more (0: every "
+        "sample is the mean output, 1: the prior as trained)."
+      )
     self.scale = scale
     self.margin = vae.generation_reach(model, params)
     if tile <= 2 * self.margin:
       raise InferenceError(
-          f"--tile={tile} leaves no room inside the {self.margin} px margin this model "
-          f"needs on each side; use --tile={2 * self.margin + 64} or more.")
+        f"--tile={tile} leaves no room inside the {self.margin} px margin this model "
+        f"needs on each side; use --tile={2 * self.margin + 64} or more."
+      )
     self.tile = tile
     self._params = params
-    self._mean = jax.jit(
-        lambda params, lr: model.apply({"params": params}, lr, method="generate"))
+    self._mean = jax.jit(lambda params, lr: model.apply({"params": params}, lr, method="generate"))
     self._sample = jax.jit(
-        lambda params, lr, key: model.apply({"params": params}, lr, method="generate",
-                                            sample=True, temperature=temperature,
-                                            rngs={"latent": key}))
+      lambda params, lr, key: model.apply(
+        {"params": params},
+        lr,
+        method="generate",
+        sample=True,
+        temperature=temperature,
+        rngs={"latent": key},
+      )
+    )
 
   def __call__(self, lr: np.ndarray, key: jax.Array | None = None) -> np.ndarray:
     """The SR of one HxWx3 float LR image in [0,1]: float32, unclipped, `scale` x larger.
@@ -96,15 +110,16 @@ class Upscaler:
     window_h, window_w = min(height, self.tile), min(width, self.tile)
     for i, (top, keep_top, keep_bottom) in enumerate(rows):
       for j, (left, keep_left, keep_right) in enumerate(cols):
-        window = np.asarray(lr[None, top:top + window_h, left:left + window_w], np.float32)
+        window = np.asarray(lr[None, top : top + window_h, left : left + window_w], np.float32)
         if key is None:
           sr = self._mean(self._params, window)
         else:
           sr = self._sample(self._params, window, jax.random.fold_in(key, i * len(cols) + j))
         sr = np.asarray(sr)[0]
-        out[keep_top * s:keep_bottom * s, keep_left * s:keep_right * s] = sr[
-            (keep_top - top) * s:(keep_bottom - top) * s,
-            (keep_left - left) * s:(keep_right - left) * s]
+        out[keep_top * s : keep_bottom * s, keep_left * s : keep_right * s] = sr[
+          (keep_top - top) * s : (keep_bottom - top) * s,
+          (keep_left - left) * s : (keep_right - left) * s,
+        ]
     return out
 
 
@@ -114,17 +129,20 @@ def restore_model(workdir: str, step: int | None = None):
   config = checkpoints.load_config(workdir)
   model = vae.create(config)
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
-    raise CheckpointError(f"{workdir!r} has no checkpoints/ folder yet; train first, or pass "
-                          "the --workdir of a run that saved a checkpoint.")
+    raise CheckpointError(
+      f"{workdir!r} has no checkpoints/ folder yet; train first, or pass "
+      "the --workdir of a run that saved a checkpoint."
+    )
   manager = checkpoints.manager(workdir, read_only=True)
   try:
     steps = list(manager.all_steps())
     step = manager.latest_step() if step is None else step
     if step is None or step not in steps:
       raise CheckpointError(
-          f"no checkpoint{'' if step is None else f' at step {step}'} in "
-          f"{manager.directory}; steps there: {steps}. Pass one of them with --step, or "
-          "train first.")
+        f"no checkpoint{'' if step is None else f' at step {step}'} in "
+        f"{manager.directory}; steps there: {steps}. Pass one of them with --step, or "
+        "train first."
+      )
     abstract = jax.eval_shape(lambda: vae.init_params(model, config, jax.random.PRNGKey(0)))
     params = checkpoints.restore_params(manager, step, abstract, devices.local_replicated())
   finally:
@@ -132,14 +150,17 @@ def restore_model(workdir: str, step: int | None = None):
   return config, model, params, step
 
 
-def load_model(workdir: str | None = None, name: str | None = None, scale: int | None = None,
-               step: int | None = None):
+def load_model(
+  workdir: str | None = None,
+  name: str | None = None,
+  scale: int | None = None,
+  step: int | None = None,
+):
   """(config, model, params, source) from a run's --workdir, a released model's name,
   or the released model for `scale`; a `scale` that the model does not have is refused.
   `source` says where it came from: {"workdir", "step"} or {"model"}."""
   if workdir is not None and name is not None:
-    raise InferenceError("pass --workdir (a training run) or --model (a released model), "
-                         "not both.")
+    raise InferenceError("pass --workdir (a training run) or --model (a released model), not both.")
   if workdir is not None:
     config, model, params, step = restore_model(workdir, step)
     source = {"workdir": workdir, "step": int(step)}
@@ -152,22 +173,29 @@ def load_model(workdir: str | None = None, name: str | None = None, scale: int |
     label = f"the released model {name!r}"
   if scale is not None and scale != config.data.scale:
     raise InferenceError(
-        f"--scale={scale}, but {label} upscales by {config.data.scale}; pass "
-        f"--scale={config.data.scale}, or a model of scale {scale} (released: "
-        f"{', '.join(released.names())}).")
+      f"--scale={scale}, but {label} upscales by {config.data.scale}; pass "
+      f"--scale={config.data.scale}, or a model of scale {scale} (released: "
+      f"{', '.join(released.names())})."
+    )
   if config.model.name != "srvae":
     lr_side = config.data.hr_size // config.data.scale
     raise InferenceError(
-        f"{label} is a {config.model.name!r} model, which takes only {lr_side}x{lr_side} px "
-        "LR inputs (its training crop), so it cannot super-resolve whole images; evaluate "
-        "and upscale need a fully convolutional model, trained with "
-        "--config.model.name=srvae.")
+      f"{label} is a {config.model.name!r} model, which takes only {lr_side}x{lr_side} px "
+      "LR inputs (its training crop), so it cannot super-resolve whole images; evaluate "
+      "and upscale need a fully convolutional model, trained with "
+      "--config.model.name=srvae."
+    )
   return config, model, params, source
 
 
-def load_upscaler(workdir: str | None = None, name: str | None = None,
-                  scale: int | None = None, step: int | None = None,
-                  tile: int = DEFAULT_TILE, temperature: float = DEFAULT_TEMPERATURE):
+def load_upscaler(
+  workdir: str | None = None,
+  name: str | None = None,
+  scale: int | None = None,
+  step: int | None = None,
+  tile: int = DEFAULT_TILE,
+  temperature: float = DEFAULT_TEMPERATURE,
+):
   """(config, Upscaler, source) for `load_model`'s arguments."""
   config, model, params, source = load_model(workdir, name, scale, step)
   return config, Upscaler(model, params, config.data.scale, tile, temperature), source

@@ -46,7 +46,7 @@ def kl_term(kl_per_example, hr_shape, reduction: str):
 
 def unit_normalize(features):
   """Features divided by their L2 norm over channels at each position (LPIPS's)."""
-  return features / (jnp.sqrt(jnp.sum(features ** 2, axis=-1, keepdims=True)) + _NORM_EPS)
+  return features / (jnp.sqrt(jnp.sum(features**2, axis=-1, keepdims=True)) + _NORM_EPS)
 
 
 def feature_distance(sr_features, hr_features, norm: str):
@@ -72,7 +72,8 @@ def perceptual(vgg, vgg_params, sr, hr, tap_weights, norm: str = "none"):
 def needs_generated(loss_config) -> bool:
   """Whether the objective reads the generated output (one more decoder pass)."""
   return loss_config.prior_recon_weight > 0 or (
-      loss_config.gamma > 0 and loss_config.perceptual_on == "generated")
+    loss_config.gamma > 0 and loss_config.perceptual_on == "generated"
+  )
 
 
 def perceptual_input(loss_config, outputs):
@@ -85,10 +86,22 @@ def objective(loss_config, outputs, hr, perceptual_loss):
   recon = reconstruction(outputs["sr"], hr, loss_config.reduction)
   kl = kl_term(outputs["kl"], hr.shape, loss_config.reduction)
   vae = loss_config.recon_weight * recon + loss_config.kl_weight * kl
-  prior_recon = (reconstruction(outputs["generated"], hr, loss_config.reduction)
-                 if "generated" in outputs else jnp.zeros((), jnp.float32))
-  total = (loss_config.alpha * vae + loss_config.prior_recon_weight * prior_recon
-           + loss_config.gamma * perceptual_loss)
-  terms = {"loss": total, "vae": vae, "recon": recon, "kl": kl,
-           "prior_recon": prior_recon, "perceptual": perceptual_loss}
+  prior_recon = (
+    reconstruction(outputs["generated"], hr, loss_config.reduction)
+    if "generated" in outputs
+    else jnp.zeros((), jnp.float32)
+  )
+  total = (
+    loss_config.alpha * vae
+    + loss_config.prior_recon_weight * prior_recon
+    + loss_config.gamma * perceptual_loss
+  )
+  terms = {
+    "loss": total,
+    "vae": vae,
+    "recon": recon,
+    "kl": kl,
+    "prior_recon": prior_recon,
+    "perceptual": perceptual_loss,
+  }
   return total, terms

@@ -75,6 +75,7 @@ class LPIPS(nn.Module):
       backbone = AlexNetFeatures(name="backbone")
     else:  # imported here: evaluating with AlexNet never loads the VGG module.
       from percvae_jax.models import vgg  # pylint: disable=g-import-not-at-top
+
       backbone = vgg.VGG16(taps=vgg.TAPS, normalize=False, name="backbone")
     # One backbone pass over both batches.
     images = jnp.concatenate([x, y]).astype(jnp.float32) * 2.0 - 1.0
@@ -84,8 +85,7 @@ class LPIPS(nn.Module):
       features = list(features.values())  # the VGG's taps, in network order.
 
     height, width = x.shape[1:3]
-    distance = jnp.zeros((x.shape[0], height, width) if self.spatial else x.shape[0],
-                         jnp.float32)
+    distance = jnp.zeros((x.shape[0], height, width) if self.spatial else x.shape[0], jnp.float32)
     for index, feature in enumerate(features):
       weights = self.param(f"linear{index}", nn.initializers.ones, (feature.shape[-1],))
       norm = jnp.sqrt(jnp.sum(feature**2, axis=-1, keepdims=True))
@@ -107,8 +107,9 @@ def load_lpips_variables(net: str = "alex") -> dict:
   return {"params": params}
 
 
-def make_lpips(net: str = "alex", spatial: bool = False
-               ) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
+def make_lpips(
+  net: str = "alex", spatial: bool = False
+) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
   """Returns a jitted ``(x, y) -> (N,)`` LPIPS distance (``spatial``: (N, H, W) maps);
   x, y are NHWC RGB in [0, 1].
 

@@ -7,27 +7,29 @@ workdir resumes from the latest checkpoint.
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from percvae_jax import cli
-from percvae_jax import cpu_settings
+from percvae_jax import cli, cpu_settings, devices, train
 from percvae_jax import config as config_lib
-from percvae_jax import devices
-from percvae_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Training configuration file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Join a multi-process run (jax.distributed.initialize); on Cloud "
-    "TPU, Slurm, Open MPI and Kubernetes the other flags below are auto-detected.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for a manual multi-process launch.")
+  "distributed",
+  False,
+  "Join a multi-process run (jax.distributed.initialize); on Cloud "
+  "TPU, Slurm, Open MPI and Kubernetes the other flags below are auto-detected.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0, for a manual multi-process launch."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+
 
 def parse_flags(argv):
   """absl's flag parsing, with an unknown --config field as one line, not a traceback."""

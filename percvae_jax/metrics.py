@@ -20,8 +20,9 @@ _Y_OFFSET = 16.0 / 255.0
 
 def rgb_to_y(images):
   """BT.601 luma of [0,1] RGB images, in [16/255, 235/255], with a channel axis of 1."""
-  return (jnp.tensordot(images, _Y_WEIGHTS, axes=[[-1], [0]], precision="highest")
-          + _Y_OFFSET)[..., None]
+  return (jnp.tensordot(images, _Y_WEIGHTS, axes=[[-1], [0]], precision="highest") + _Y_OFFSET)[
+    ..., None
+  ]
 
 
 def shave(images, border: int):
@@ -33,9 +34,8 @@ def shave(images, border: int):
 
 def psnr(images, targets, data_range: float = 1.0):
   """Per-image PSNR in dB, (N,)."""
-  mse = jnp.mean((images.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2,
-                 axis=(-3, -2, -1))
-  return 10.0 * jnp.log10(data_range ** 2 / jnp.maximum(mse, 1e-12))
+  mse = jnp.mean((images.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2, axis=(-3, -2, -1))
+  return 10.0 * jnp.log10(data_range**2 / jnp.maximum(mse, 1e-12))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
@@ -52,8 +52,8 @@ def _filter_valid(x, window):
   """
   taps = len(window)
   h, w = x.shape[-3] - taps + 1, x.shape[-2] - taps + 1
-  x = sum(float(window[k]) * x[..., k:k + h, :, :] for k in range(taps))
-  return sum(float(window[k]) * x[..., :, k:k + w, :] for k in range(taps))
+  x = sum(float(window[k]) * x[..., k : k + h, :, :] for k in range(taps))
+  return sum(float(window[k]) * x[..., :, k : k + w, :] for k in range(taps))
 
 
 def ssim(images, targets, data_range: float = 1.0):
@@ -65,16 +65,21 @@ def ssim(images, targets, data_range: float = 1.0):
   c2 = (0.03 * data_range) ** 2
   mu_x = _filter_valid(x, window)
   mu_y = _filter_valid(y, window)
-  var_x = _filter_valid(x * x, window) - mu_x ** 2
-  var_y = _filter_valid(y * y, window) - mu_y ** 2
+  var_x = _filter_valid(x * x, window) - mu_x**2
+  var_y = _filter_valid(y * y, window) - mu_y**2
   cov = _filter_valid(x * y, window) - mu_x * mu_y
-  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)
-              / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
+  ssim_map = (
+    (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+  )
   return jnp.mean(ssim_map, axis=(-3, -2, -1))
 
 
 def quality(sr, hr, border: int = 0) -> dict:
   """PSNR and SSIM on RGB, and on Y with `border` pixels shaved, per image."""
   y_sr, y_hr = shave(rgb_to_y(sr), border), shave(rgb_to_y(hr), border)
-  return {"psnr_rgb": psnr(sr, hr), "ssim_rgb": ssim(sr, hr),
-          "psnr_y": psnr(y_sr, y_hr), "ssim_y": ssim(y_sr, y_hr)}
+  return {
+    "psnr_rgb": psnr(sr, hr),
+    "ssim_rgb": ssim(sr, hr),
+    "psnr_y": psnr(y_sr, y_hr),
+    "ssim_y": ssim(y_sr, y_hr),
+  }

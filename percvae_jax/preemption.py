@@ -44,8 +44,11 @@ class StopRequest:
     if signum == signal.SIGINT and self._signalled:
       raise KeyboardInterrupt  # the second Ctrl-C: exit now, without saving.
     self._signalled = True
-    logging.warning("Received %s: saving a checkpoint, then exiting (press Ctrl-C again to "
-                    "exit at once, without saving).", signal.Signals(signum).name)
+    logging.warning(
+      "Received %s: saving a checkpoint, then exiting (press Ctrl-C again to "
+      "exit at once, without saving).",
+      signal.Signals(signum).name,
+    )
     if self._multi_process and signum == signal.SIGINT:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service.
 

@@ -30,20 +30,25 @@ def names(root: str = RELEASED_DIR) -> list[str]:
   """The released models' names, sorted."""
   if not os.path.isdir(root):
     return []
-  return sorted(name for name in os.listdir(root)
-                if os.path.isfile(os.path.join(root, name, PARAMS_FILE)))
+  return sorted(
+    name for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, PARAMS_FILE))
+  )
 
 
 def name_for_scale(scale: int | None, root: str = RELEASED_DIR) -> str:
   """The released model for `scale` ("x2" for 2), refusing a scale none is for."""
   available = names(root)
   if scale is None:
-    raise InferenceError("pass --scale S (released models: "
-                         f"{', '.join(available) or 'none'}), --model NAME or --workdir DIR.")
+    raise InferenceError(
+      "pass --scale S (released models: "
+      f"{', '.join(available) or 'none'}), --model NAME or --workdir DIR."
+    )
   if f"x{scale}" not in available:
-    raise InferenceError(f"no released model for --scale={scale}; released: "
-                         f"{', '.join(available) or 'none'}. Pass --workdir of a run trained "
-                         f"with --config.data.scale={scale}.")
+    raise InferenceError(
+      f"no released model for --scale={scale}; released: "
+      f"{', '.join(available) or 'none'}. Pass --workdir of a run trained "
+      f"with --config.data.scale={scale}."
+    )
   return f"x{scale}"
 
 
@@ -51,8 +56,10 @@ def load(name: str, root: str = RELEASED_DIR):
   """(config, params) of the released model `name`."""
   available = names(root)
   if name not in available:
-    raise InferenceError(f"--model={name!r} is not a released model; choose one of: "
-                         f"{', '.join(available) or 'none (this install ships none)'}.")
+    raise InferenceError(
+      f"--model={name!r} is not a released model; choose one of: "
+      f"{', '.join(available) or 'none (this install ships none)'}."
+    )
   folder = os.path.join(root, name)
   with open(os.path.join(folder, CONFIG_FILE)) as f:
     config = config_lib.from_dict(json.load(f))
@@ -78,8 +85,9 @@ def write(folder: str, config, params, release: dict) -> None:
   kept = {k: v for k, v in _to_numpy(kept).items()}
   saved = dict(config.to_dict(), release=release)
   _write_atomic(os.path.join(folder, PARAMS_FILE), serialization.msgpack_serialize(kept))
-  _write_atomic(os.path.join(folder, CONFIG_FILE),
-                (json.dumps(saved, indent=2, sort_keys=True) + "\n").encode())
+  _write_atomic(
+    os.path.join(folder, CONFIG_FILE), (json.dumps(saved, indent=2, sort_keys=True) + "\n").encode()
+  )
 
 
 def _to_numpy(tree):

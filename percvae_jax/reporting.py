@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,8 +29,9 @@ def read_jsonl(path: str) -> list[dict]:
     except json.JSONDecodeError:
       if k < len(lines) - 1:
         raise
-      logging.warning("%s: dropping its torn last line %r (written when a run stopped).",
-                      path, line[:80])
+      logging.warning(
+        "%s: dropping its torn last line %r (written when a run stopped).", path, line[:80]
+      )
   return records
 
 
@@ -44,6 +44,7 @@ class Reporter:
     self._tensorboard = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tensorboard = SummaryWriter(workdir)
 
   def truncate_after(self, step: int) -> None:
@@ -113,26 +114,33 @@ def format_duration(seconds: float) -> str:
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]],
-               titles: Sequence[str] | None = None) -> np.ndarray:
+def image_grid(
+  rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None
+) -> np.ndarray:
   """Rows of panels side by side, as one uint8 image: LR | SR | HR and the like.
 
   Panels are HxWx3, float in [0,1] or uint8; one smaller than its row's tallest (an
   LR beside its SR) is enlarged by pixel repetition. `titles` label the columns in a
   strip above them.
   """
-  as_uint8 = lambda p: (np.asarray(p) if np.asarray(p).dtype == np.uint8 else
-                        np.round(np.clip(np.asarray(p, np.float32), 0, 1) * 255).astype(np.uint8))
+  as_uint8 = lambda p: (
+    np.asarray(p)
+    if np.asarray(p).dtype == np.uint8
+    else np.round(np.clip(np.asarray(p, np.float32), 0, 1) * 255).astype(np.uint8)
+  )
   lines = []
   for panels in rows:
     panels = [as_uint8(p) for p in panels]
     height = max(p.shape[0] for p in panels)
-    panels = [np.repeat(np.repeat(p, height // p.shape[0], 0), height // p.shape[0], 1)
-              for p in panels]
+    panels = [
+      np.repeat(np.repeat(p, height // p.shape[0], 0), height // p.shape[0], 1) for p in panels
+    ]
     lines.append(np.concatenate(panels, axis=1))
   width = max(line.shape[1] for line in lines)
-  lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
-           for line in lines]
+  lines = [
+    np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+    for line in lines
+  ]
   grid = np.concatenate(lines, axis=0)
   if not titles:
     return grid
@@ -143,4 +151,3 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]],
   for k, title in enumerate(titles):
     draw.text((k * column_width + 3, 1), title, fill="black")
   return np.asarray(canvas)
-

@@ -23,20 +23,21 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from percvae_jax import checkpoints
+from percvae_jax import (
+  checkpoints,
+  data,
+  degradation,
+  devices,
+  inference,
+  losses,
+  metrics,
+  preemption,
+  pretrained,
+  reporting,
+)
 from percvae_jax import config as config_lib
-from percvae_jax import data
-from percvae_jax import degradation
-from percvae_jax import devices
-from percvae_jax import inference
-from percvae_jax import losses
-from percvae_jax import metrics
-from percvae_jax import preemption
-from percvae_jax import pretrained
-from percvae_jax import reporting
 from percvae_jax.errors import ConfigError, NonFiniteLossError
-from percvae_jax.models import vae
-from percvae_jax.models import vgg
+from percvae_jax.models import vae, vgg
 
 # apply_if_finite lets an update through after this many non-finite ones in a row;
 # never, in practice: a skipped step keeps the last good parameters.
@@ -64,10 +65,12 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   lr, warmup = train_config.learning_rate, train_config.warmup_steps
   if train_config.lr_schedule == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup, max(train_config.num_steps, warmup + 1), end_value=0.01 * lr)
+      0.0, lr, warmup, max(train_config.num_steps, warmup + 1), end_value=0.01 * lr
+    )
   else:
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
   return optax.apply_if_finite(optax.adam(schedule), _MAX_CONSECUTIVE_NONFINITE)
 
 
@@ -88,8 +91,15 @@ def create_train_state(config, model, vgg_params) -> TrainState:
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.train.seed))
   params = vae.init_params(model, config, init_key)
   tx = make_optimizer(config.train)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=state_key, vgg_params=vgg_params, apply_fn=model.apply, tx=tx)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=state_key,
+    vgg_params=vgg_params,
+    apply_fn=model.apply,
+    tx=tx,
+  )
 
 
 def initial_params(config, params):
@@ -100,15 +110,18 @@ def initial_params(config, params):
     return params
   is_workdir = os.path.isdir(source)
   loaded_config, _, loaded, _ = inference.load_model(
-      workdir=source if is_workdir else None, name=None if is_workdir else source,
-      scale=config.data.scale)
+    workdir=source if is_workdir else None,
+    name=None if is_workdir else source,
+    scale=config.data.scale,
+  )
   fresh = flax.traverse_util.flatten_dict(params)
   given = flax.traverse_util.flatten_dict(jax.device_get(loaded))
   wrong = [k for k in given if k in fresh and given[k].shape != fresh[k].shape]
   if wrong or not set(given) & set(fresh):
     raise ConfigError(
-        f"config.train.init_from={source!r} holds a model of another shape (model "
-        f"{loaded_config.model.to_dict()}); give this run the same config.model fields.")
+      f"config.train.init_from={source!r} holds a model of another shape (model "
+      f"{loaded_config.model.to_dict()}); give this run the same config.model fields."
+    )
   logging.info("Starting from the parameters of %s.", source)
   return flax.traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})
 
@@ -129,24 +142,41 @@ def make_train_step(config, vgg_module):
     rng, latent_key = jax.random.split(state.rng)
 
     def loss_fn(params):
-      outputs = state.apply_fn({"params": params}, lr, hr, generated=generated,
-                               rngs={"latent": latent_key})
-      perceptual = (losses.perceptual(vgg_module, state.vgg_params,
-                                      losses.perceptual_input(config.loss, outputs), hr,
-                                      tap_weights, config.loss.perceptual_norm)
-                    if vgg_module is not None else jnp.zeros((), jnp.float32))
+      outputs = state.apply_fn(
+        {"params": params}, lr, hr, generated=generated, rngs={"latent": latent_key}
+      )
+      perceptual = (
+        losses.perceptual(
+          vgg_module,
+          state.vgg_params,
+          losses.perceptual_input(config.loss, outputs),
+          hr,
+          tap_weights,
+          config.loss.perceptual_norm,
+        )
+        if vgg_module is not None
+        else jnp.zeros((), jnp.float32)
+      )
       return losses.objective(config.loss, outputs, hr, perceptual)
 
     (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # A non-finite gradient's update is skipped (apply_if_finite): the parameters and
     # Adam's moments stay those of the last good step.
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, rng=rng, opt_state=opt_state,
-                              params=optax.apply_updates(state.params, updates))
+    new_state = state.replace(
+      step=state.step + 1,
+      rng=rng,
+      opt_state=opt_state,
+      params=optax.apply_updates(state.params, updates),
+    )
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
-    terms = dict(terms, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
-                 skipped_steps=skipped_steps(opt_state))
+    terms = dict(
+      terms,
+      grad_norm=grad_norm,
+      finite=finite.astype(jnp.float32),
+      skipped_steps=skipped_steps(opt_state),
+    )
     return new_state, terms
 
   return train_step
@@ -154,10 +184,12 @@ def make_train_step(config, vgg_module):
 
 def jit_train_step(config, vgg_module, parallel: devices.DataParallel):
   """The train step as the loop runs it: jitted over the mesh, the state donated."""
-  return jax.jit(make_train_step(config, vgg_module),
-                 in_shardings=(parallel.replicated, parallel.batch),
-                 out_shardings=(parallel.replicated, parallel.replicated),
-                 donate_argnums=0)
+  return jax.jit(
+    make_train_step(config, vgg_module),
+    in_shardings=(parallel.replicated, parallel.batch),
+    out_shardings=(parallel.replicated, parallel.replicated),
+    donate_argnums=0,
+  )
 
 
 def make_eval_step(config, model):
@@ -168,8 +200,12 @@ def make_eval_step(config, model):
     sr = degradation.quantize(model.apply({"params": params}, lr, method="generate"))
     bicubic = degradation.quantize(degradation.bicubic_upscale(lr, config.data.scale))
     ours, base = metrics.quality(sr, hr), metrics.quality(bicubic, hr)
-    values = {"psnr": ours["psnr_rgb"], "ssim": ours["ssim_rgb"],
-              "bicubic_psnr": base["psnr_rgb"], "bicubic_ssim": base["ssim_rgb"]}
+    values = {
+      "psnr": ours["psnr_rgb"],
+      "ssim": ours["ssim_rgb"],
+      "bicubic_psnr": base["psnr_rgb"],
+      "bicubic_ssim": base["ssim_rgb"],
+    }
     return values, {"lr": lr, "sr": sr, "hr": hr}
 
   return eval_step
@@ -181,11 +217,11 @@ def evaluate(config, params, eval_step, eval_hr: np.ndarray, parallel):
   totals: dict[str, float] = {}
   first_images = None
   for start in range(0, len(eval_hr), batch_size):
-    chunk = eval_hr[start:start + batch_size]
+    chunk = eval_hr[start : start + batch_size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
     values, images = eval_step(params, parallel.shard_host_batch(padded))
     for k, v in jax.device_get(values).items():
-      totals[k] = totals.get(k, 0.0) + float(np.sum(v[:len(chunk)]))
+      totals[k] = totals.get(k, 0.0) + float(np.sum(v[: len(chunk)]))
     if first_images is None:
       first_images = jax.device_get(images)
   return {k: v / len(eval_hr) for k, v in totals.items()}, first_images
@@ -202,10 +238,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         data.load_split(config.data, "train")
       multihost_utils.sync_global_devices("dataset prepared")
     train_images = data.load_split(config.data, "train")
-    eval_hr, _ = data.eval_crops(data.load_split(config.data, "eval"), config.data.hr_size,
-                                 config.data.num_eval_images, config.data.eval_crops_per_image)
-    logging.info("%d training images, %d evaluation crops of %d px, %d devices.",
-                 len(train_images), len(eval_hr), config.data.hr_size, jax.device_count())
+    eval_hr, _ = data.eval_crops(
+      data.load_split(config.data, "eval"),
+      config.data.hr_size,
+      config.data.num_eval_images,
+      config.data.eval_crops_per_image,
+    )
+    logging.info(
+      "%d training images, %d evaluation crops of %d px, %d devices.",
+      len(train_images),
+      len(eval_hr),
+      config.data.hr_size,
+      jax.device_count(),
+    )
 
     model = vae.create(config, compute_dtype(config))
     vgg_module, vgg_params = perceptual_network(config)
@@ -223,8 +268,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       checkpoints.save_config(config, workdir)
     try:
       with preemption.StopRequest() as stop:
-        state, last_eval = _loop(config, state, model, vgg_module, eval_hr, train_images, parallel,
-                          manager, reporter, stop)
+        state, last_eval = _loop(
+          config, state, model, vgg_module, eval_hr, train_images, parallel, manager, reporter, stop
+        )
     finally:
       manager.wait_until_finished()
       manager.close()
@@ -234,20 +280,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   return state
 
 
-def _loop(config, state, model, vgg_module, eval_hr, train_images, parallel, manager,
-          reporter, stop):
+def _loop(
+  config, state, model, vgg_module, eval_hr, train_images, parallel, manager, reporter, stop
+):
   """Steps from the state's step to the end; returns the state and the last eval (None
   if stopped on request)."""
   train_step = jit_train_step(config, vgg_module, parallel)
-  eval_step = jax.jit(make_eval_step(config, model),
-                      in_shardings=(parallel.replicated, parallel.batch),
-                      out_shardings=parallel.replicated)
+  eval_step = jax.jit(
+    make_eval_step(config, model),
+    in_shardings=(parallel.replicated, parallel.batch),
+    out_shardings=parallel.replicated,
+  )
   train = config.train
-  batches = data.TrainBatches(train_images, config.data.hr_size, train.batch_size,
-                              train.seed, parallel.process_rows(train.batch_size))
+  batches = data.TrainBatches(
+    train_images,
+    config.data.hr_size,
+    train.batch_size,
+    train.seed,
+    parallel.process_rows(train.batch_size),
+  )
   first_step = int(jax.device_get(state.step))
-  stream = data.prefetch({"hr": parallel.global_batch(rows, train.batch_size)}
-                         for rows in batches.stream(first_step, train.num_steps))
+  stream = data.prefetch(
+    {"hr": parallel.global_batch(rows, train.batch_size)}
+    for rows in batches.stream(first_step, train.num_steps)
+  )
   last_eval = None
   log_time, log_step = time.perf_counter(), first_step
   pending = None  # the previous step's metrics, read while this one runs.
@@ -266,15 +322,26 @@ def _loop(config, state, model, vgg_module, eval_hr, train_images, parallel, man
       reporter.write(step, values)
       eta = (train.num_steps - step) * train.batch_size / max(images_per_sec, 1e-9)
       shown = ("loss", "recon", "prior_recon", "kl", "perceptual")
-      logging.info("step %d/%d  %s  %.1f img/s  ETA %s", step, train.num_steps,
-                   reporting.format_terms({k: values[k] for k in shown}), images_per_sec,
-                   reporting.format_duration(eta))
+      logging.info(
+        "step %d/%d  %s  %.1f img/s  ETA %s",
+        step,
+        train.num_steps,
+        reporting.format_terms({k: values[k] for k in shown}),
+        images_per_sec,
+        reporting.format_duration(eta),
+      )
       log_time, log_step = time.perf_counter(), step
     if step % train.eval_every == 0 or last:
       last_eval, images = evaluate(config, state.params, eval_step, eval_hr, parallel)
       reporter.write(step, last_eval, split="eval")
-      reporter.write_images(step, {"eval/lr_sr_hr": reporting.image_grid(
-          [[images[k][i] for k in ("lr", "sr", "hr")] for i in range(min(4, len(eval_hr)))])})
+      reporter.write_images(
+        step,
+        {
+          "eval/lr_sr_hr": reporting.image_grid(
+            [[images[k][i] for k in ("lr", "sr", "hr")] for i in range(min(4, len(eval_hr)))]
+          )
+        },
+      )
       logging.info("eval at step %d: %s", step, reporting.format_terms(last_eval))
       log_time = time.perf_counter()  # eval time is not training throughput.
     stopping = stop.now(step)
@@ -294,19 +361,25 @@ def _check_finite(config, step: int, terms: dict, manager) -> None:
   bad = [k for k, v in values.items() if k != "finite" and not math.isfinite(float(v))]
   latest = manager.latest_step()
   raise NonFiniteLossError(
-      f"non-finite loss at step {step}: {', '.join(bad) or 'gradients'} "
-      f"({reporting.format_terms(values)}). The newest checkpoint is step {latest} in "
-      f"{manager.directory}; its numbers are finite, but training may have gone wrong "
-      "before (check the eval lines in metrics.jsonl, and evaluate an earlier step with "
-      "--step). Lower config.train.learning_rate, or set config.train.on_nonfinite=skip "
-      "to skip such steps.")
+    f"non-finite loss at step {step}: {', '.join(bad) or 'gradients'} "
+    f"({reporting.format_terms(values)}). The newest checkpoint is step {latest} in "
+    f"{manager.directory}; its numbers are finite, but training may have gone wrong "
+    "before (check the eval lines in metrics.jsonl, and evaluate an earlier step with "
+    "--step). Lower config.train.learning_rate, or set config.train.on_nonfinite=skip "
+    "to skip such steps."
+  )
 
 
 def print_summary(values: dict, config, step: int, num_images: int) -> None:
-  print(f"\nEvaluation at step {step} on {num_images} "
-        f"{config.data.hr_size}px crops (x{config.data.scale}, RGB in [0,1], vs HR):")
+  print(
+    f"\nEvaluation at step {step} on {num_images} "
+    f"{config.data.hr_size}px crops (x{config.data.scale}, RGB in [0,1], vs HR):"
+  )
   print(f"  {'':8s} {'PSNR (dB)':>10s} {'SSIM':>8s}")
   print(f"  {'bicubic':8s} {values['bicubic_psnr']:10.2f} {values['bicubic_ssim']:8.4f}")
   print(f"  {'model':8s} {values['psnr']:10.2f} {values['ssim']:8.4f}")
-  print(f"  {'gain':8s} {values['psnr'] - values['bicubic_psnr']:+10.2f} "
-        f"{values['ssim'] - values['bicubic_ssim']:+8.4f}", flush=True)
+  print(
+    f"  {'gain':8s} {values['psnr'] - values['bicubic_psnr']:+10.2f} "
+    f"{values['ssim'] - values['bicubic_ssim']:+8.4f}",
+    flush=True,
+  )

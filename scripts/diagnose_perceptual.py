@@ -35,14 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from percvae_jax import config as config_lib
-from percvae_jax import data
-from percvae_jax import degradation
-from percvae_jax import inference
-from percvae_jax import losses
-from percvae_jax import pretrained
-from percvae_jax import train
-from percvae_jax.models import vae
-from percvae_jax.models import vgg
+from percvae_jax import data, degradation, inference, losses, pretrained, train
+from percvae_jax.models import vae, vgg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,14 +63,20 @@ def feature_report(vgg_params, sr, hr, pixel_grad_norm: float) -> dict:
   for tap in vgg.TAPS:
     row = {"hr_mean_square": float(jnp.mean(hr_features[tap] ** 2))}
     for norm in ("none", "channel"):
-      def term(x, norm=norm):
-        return losses.feature_distance(network.apply({"params": vgg_params}, x)[tap],
-                                       hr_features[tap], norm)
+
+      def term(x, norm=norm, tap=tap):
+        return losses.feature_distance(
+          network.apply({"params": vgg_params}, x)[tap], hr_features[tap], norm
+        )
+
       value, grad = jax.value_and_grad(term)(sr)
-      row[norm] = {"distance": float(value), "ratio_to_pixel_mse": float(value) / pixel_mse,
-                   "output_grad_norm": float(jnp.linalg.norm(grad)),
-                   "grad_ratio_to_pixel": float(jnp.linalg.norm(grad)) / pixel_grad_norm,
-                   "output_grad_cosine_to_pixel": cosine(grad, sr - hr)}
+      row[norm] = {
+        "distance": float(value),
+        "ratio_to_pixel_mse": float(value) / pixel_mse,
+        "output_grad_norm": float(jnp.linalg.norm(grad)),
+        "grad_ratio_to_pixel": float(jnp.linalg.norm(grad)) / pixel_grad_norm,
+        "output_grad_cosine_to_pixel": cosine(grad, sr - hr),
+      }
     rows[tap] = row
   return rows
 
@@ -88,8 +88,11 @@ def main(argv=None) -> int:
   parser.add_argument("--scale", type=int, default=2)
   parser.add_argument("--hr-size", type=int, default=96)
   parser.add_argument("--batch-size", type=int, default=16)
-  parser.add_argument("--weights", default="1e-4,5e-4,1e-3,1e-2",
-                      help="gamma values of the plain relu3_3 term to compare")
+  parser.add_argument(
+    "--weights",
+    default="1e-4,5e-4,1e-3,1e-2",
+    help="gamma values of the plain relu3_3 term to compare",
+  )
   parser.add_argument("--output", help="JSON file to write")
   args = parser.parse_args(argv)
 
@@ -121,13 +124,18 @@ def main(argv=None) -> int:
   bicubic = degradation.bicubic_upscale(lr, config.data.scale)
   generated = outputs(params)["generated"]
   pixel_grad_norm = float(jnp.linalg.norm(jax.grad(lambda x: jnp.mean((x - hr) ** 2))(generated)))
-  report = {"step": int(step), "scale": config.data.scale, "hr_size": args.hr_size,
-            "batch_size": args.batch_size,
-            "pixel_mse": {"bicubic": float(jnp.mean((bicubic - hr) ** 2)),
-                          "generated": float(jnp.mean((generated - hr) ** 2)),
-                          "vae": float(jnp.mean((outputs(params)["sr"] - hr) ** 2))},
-            "features_at_generated_output": feature_report(vgg_params, generated, hr,
-                                                           pixel_grad_norm)}
+  report = {
+    "step": int(step),
+    "scale": config.data.scale,
+    "hr_size": args.hr_size,
+    "batch_size": args.batch_size,
+    "pixel_mse": {
+      "bicubic": float(jnp.mean((bicubic - hr) ** 2)),
+      "generated": float(jnp.mean((generated - hr) ** 2)),
+      "vae": float(jnp.mean((outputs(params)["sr"] - hr) ** 2)),
+    },
+    "features_at_generated_output": feature_report(vgg_params, generated, hr, pixel_grad_norm),
+  }
 
   gradients = {}
   for path in ("sr", "generated"):
@@ -135,28 +143,33 @@ def main(argv=None) -> int:
     g_perc = jax.grad(perceptual)(params, path)
     gradients[path] = (g_pixel, g_perc)
     report[f"param_grads_{'vae' if path == 'sr' else 'generated'}"] = {
-        "pixel_norm": tree_norm(g_pixel), "relu3_3_norm": tree_norm(g_perc),
-        "pixel_prior_norm": subtree_norm(g_pixel, "prior"),
-        "relu3_3_prior_norm": subtree_norm(g_perc, "prior"),
-        "cosine_pixel_relu3_3": cosine(g_pixel, g_perc)}
+      "pixel_norm": tree_norm(g_pixel),
+      "relu3_3_norm": tree_norm(g_perc),
+      "pixel_prior_norm": subtree_norm(g_pixel, "prior"),
+      "relu3_3_prior_norm": subtree_norm(g_perc, "prior"),
+      "cosine_pixel_relu3_3": cosine(g_pixel, g_perc),
+    }
 
   adam = {}
   for path, (g_pixel, g_perc) in gradients.items():
     tx = optax.adam(1e-3)
-    first_update = lambda g: tx.update(g, tx.init(params), params)[0]
+    first_update = lambda g, tx=tx: tx.update(g, tx.init(params), params)[0]
     base = jax.flatten_util.ravel_pytree(first_update(g_pixel))[0]
     moving = base != 0  # parameters the pixel term moves (at initialisation, only the
     # zero-initialised output convs get gradients).
     for weight in [float(w) for w in args.weights.split(",")]:
-      mixed = jax.tree.map(lambda a, b: a + weight * b, g_pixel, g_perc)
+      mixed = jax.tree.map(lambda a, b, w=weight: a + w * b, g_pixel, g_perc)
       update = jax.flatten_util.ravel_pytree(first_update(mixed))[0]
-      share = tree_norm(jax.tree.map(lambda b: weight * b, g_perc)) / tree_norm(mixed)
+      share = tree_norm(jax.tree.map(lambda b, w=weight: w * b, g_perc)) / tree_norm(mixed)
       adam[f"{'vae' if path == 'sr' else 'generated'}@{weight:g}"] = {
-          "cosine_to_pixel_only": float(jnp.dot(update, base)
-                                        / (jnp.linalg.norm(update) * jnp.linalg.norm(base))),
-          "sign_flips": float(jnp.sum((jnp.sign(update) != jnp.sign(base)) & moving)
-                              / jnp.sum(moving)),
-          "perceptual_share_of_gradient": share}
+        "cosine_to_pixel_only": float(
+          jnp.dot(update, base) / (jnp.linalg.norm(update) * jnp.linalg.norm(base))
+        ),
+        "sign_flips": float(
+          jnp.sum((jnp.sign(update) != jnp.sign(base)) & moving) / jnp.sum(moving)
+        ),
+        "perceptual_share_of_gradient": share,
+      }
   report["adam_first_update"] = adam
 
   text = json.dumps(report, indent=2)

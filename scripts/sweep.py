@@ -36,8 +36,7 @@ import shlex
 import subprocess
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from percvae_jax import reporting
 
@@ -76,22 +75,26 @@ def parse_point(text: str) -> dict[str, str]:
   return dict(settings)
 
 
-def expand(axes: list[tuple[str, list[str]]], points: list[dict[str, str]],
-           shared: dict[str, str]) -> list[dict[str, str]]:
+def expand(
+  axes: list[tuple[str, list[str]]], points: list[dict[str, str]], shared: dict[str, str]
+) -> list[dict[str, str]]:
   """The settings of every run: the points (if any) times the product of the axes."""
   axis_keys = [k for k, _ in axes]
   point_keys = {k for p in points for k in p}
-  clashes = sorted((set(axis_keys) & (point_keys | shared.keys()))
-                   | (point_keys & shared.keys()))
+  clashes = sorted((set(axis_keys) & (point_keys | shared.keys())) | (point_keys & shared.keys()))
   if len(set(axis_keys)) != len(axis_keys) or clashes:
     repeated = clashes or sorted({k for k in axis_keys if axis_keys.count(k) > 1})
-    raise SweepError(f"{', '.join(repeated)} set more than once across --grid, --point "
-                     "and --set; give each key in one place.")
+    raise SweepError(
+      f"{', '.join(repeated)} set more than once across --grid, --point "
+      "and --set; give each key in one place."
+    )
   if not axes and not points:
     raise SweepError("nothing to sweep: give at least one --grid or --point.")
-  return [{**point, **dict(zip(axis_keys, combo))}
-          for point in (points or [{}])
-          for combo in itertools.product(*[values for _, values in axes])]
+  return [
+    {**point, **dict(zip(axis_keys, combo))}
+    for point in (points or [{}])
+    for combo in itertools.product(*[values for _, values in axes])
+  ]
 
 
 def run_name(settings: dict[str, str]) -> str:
@@ -113,12 +116,26 @@ def check_keys(config_path: str, keys) -> None:
 
 
 def command(python: str, config_path: str, workdir: str, settings: dict[str, str]) -> list[str]:
-  return [python, "-m", "percvae_jax.main", "--config", config_path, "--workdir", workdir,
-          *[f"--config.{k}={v}" for k, v in settings.items()]]
+  return [
+    python,
+    "-m",
+    "percvae_jax.main",
+    "--config",
+    config_path,
+    "--workdir",
+    workdir,
+    *[f"--config.{k}={v}" for k, v in settings.items()],
+  ]
 
 
-def plan(config_path: str, workdir_root: str, grids: list[str], points: list[str],
-         sets: list[str], python: str = sys.executable) -> list[dict]:
+def plan(
+  config_path: str,
+  workdir_root: str,
+  grids: list[str],
+  points: list[str],
+  sets: list[str],
+  python: str = sys.executable,
+) -> list[dict]:
   """One {"name", "settings", "workdir", "command"} per run, in launch order."""
   shared = dict(parse_setting(s, "--set") for s in sets)
   runs = expand([parse_axis(g) for g in grids], [parse_point(p) for p in points], shared)
@@ -126,8 +143,14 @@ def plan(config_path: str, workdir_root: str, grids: list[str], points: list[str
   planned = []
   for settings in runs:
     workdir = os.path.join(workdir_root, run_name(settings))
-    planned.append({"name": run_name(settings), "settings": settings, "workdir": workdir,
-                    "command": command(python, config_path, workdir, {**shared, **settings})})
+    planned.append(
+      {
+        "name": run_name(settings),
+        "settings": settings,
+        "workdir": workdir,
+        "command": command(python, config_path, workdir, {**shared, **settings}),
+      }
+    )
   return planned
 
 
@@ -138,8 +161,12 @@ def collate(runs: list[dict]) -> list[dict]:
     records = reporting.read_jsonl(os.path.join(run["workdir"], "metrics.jsonl"))
     evals = [r for r in records if r.get("split") == "eval"]
     trains = [r for r in records if "split" not in r]
-    row = {"name": run["name"], "workdir": run["workdir"], **run["settings"],
-           "status": run.get("status", "")}
+    row = {
+      "name": run["name"],
+      "workdir": run["workdir"],
+      **run["settings"],
+      "status": run.get("status", ""),
+    }
     if evals:
       row.update({"step": evals[-1]["step"], **{m: evals[-1][m] for m in METRICS}})
       row["gain_psnr"] = row["psnr"] - row["bicubic_psnr"]
@@ -151,13 +178,16 @@ def collate(runs: list[dict]) -> list[dict]:
 
 def markdown_table(rows: list[dict], keys: list[str]) -> str:
   columns = [(k, k, str) for k in keys] + [
-      ("status", "status", str), ("step", "step", str), ("loss", "train loss", "{:.4g}".format),
-      ("psnr", "PSNR", "{:.2f}".format), ("ssim", "SSIM", "{:.4f}".format),
-      ("bicubic_psnr", "bicubic PSNR", "{:.2f}".format),
-      ("bicubic_ssim", "bicubic SSIM", "{:.4f}".format),
-      ("gain_psnr", "gain (dB)", "{:+.2f}".format)]
-  lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
-           "|" + "---|" * len(columns)]
+    ("status", "status", str),
+    ("step", "step", str),
+    ("loss", "train loss", "{:.4g}".format),
+    ("psnr", "PSNR", "{:.2f}".format),
+    ("ssim", "SSIM", "{:.4f}".format),
+    ("bicubic_psnr", "bicubic PSNR", "{:.2f}".format),
+    ("bicubic_ssim", "bicubic SSIM", "{:.4f}".format),
+    ("gain_psnr", "gain (dB)", "{:+.2f}".format),
+  ]
+  lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
   for row in rows:
     cells = [fmt(row[k]) if k in row else "-" for k, _, fmt in columns]
     lines.append("| " + " | ".join(cells) + " |")
@@ -191,8 +221,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   try:
-    runs = plan(f.config, f["workdir-root"].value, f.grid, f.point, f.set,
-                python="python" if f["dry-run"].value else sys.executable)
+    runs = plan(
+      f.config,
+      f["workdir-root"].value,
+      f.grid,
+      f.point,
+      f.set,
+      python="python" if f["dry-run"].value else sys.executable,
+    )
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -36,14 +36,15 @@ class SeedVAE(nn.Module):
   def __init__(self, hr_size: int, scale: int = 2, latent_dim: int = 256):
     super().__init__()
     conv = lambda i, o: nn.Conv2d(i, o, 3, stride=2, padding=1)
-    self.encoder = nn.Sequential(conv(3, 16), nn.ReLU(), conv(16, 32), nn.ReLU(),
-                                 conv(32, 64), nn.ReLU(), nn.Flatten())
+    self.encoder = nn.Sequential(
+      conv(3, 16), nn.ReLU(), conv(16, 32), nn.ReLU(), conv(32, 64), nn.ReLU(), nn.Flatten()
+    )
     lr_side = hr_size // scale
     features = 64 * (-(-lr_side // 8)) ** 2  # three stride-2 convs, padded: ceil(side / 8).
     self.mu = nn.Linear(features, latent_dim)
     self.logvar = nn.Linear(features, latent_dim)
     self.side = hr_size // 8
-    self.dense = nn.Linear(latent_dim, 64 * self.side ** 2)
+    self.dense = nn.Linear(latent_dim, 64 * self.side**2)
     up = lambda i, o: nn.ConvTranspose2d(i, o, 3, stride=2, padding=1, output_padding=1)
     self.decoder = nn.Sequential(up(64, 32), nn.ReLU(), up(32, 16), nn.ReLU(), up(16, 3))
 
@@ -84,7 +85,7 @@ class PaperLoss(nn.Module):
 
   def forward(self, lr, hr):
     sr, mu, logvar = self.model(lr)
-    kl = 0.5 * torch.sum(mu ** 2 + logvar.exp() - 1.0 - logvar)
+    kl = 0.5 * torch.sum(mu**2 + logvar.exp() - 1.0 - logvar)
     with torch.no_grad():
       target = self.vgg((hr - self.mean) / self.std).float()
     features = self.vgg((sr - self.mean) / self.std).float()
@@ -92,9 +93,16 @@ class PaperLoss(nn.Module):
     return 0.001 * torch.sum((sr - hr) ** 2) + kl + 0.8 * perceptual
 
 
-def make_paper_step(vgg_weights, hr_size: int = 128, scale: int = 2, device: str = "cpu",
-                    dtype: str = "float32", channels_last: bool = False,
-                    compile: bool = False, seed: int = 0):  # pylint: disable=redefined-builtin
+def make_paper_step(
+  vgg_weights,
+  hr_size: int = 128,
+  scale: int = 2,
+  device: str = "cpu",
+  dtype: str = "float32",
+  channels_last: bool = False,
+  compile: bool = False,
+  seed: int = 0,
+):  # pylint: disable=redefined-builtin
   """`step(lr, hr) -> loss`: one Adam step of the paper's model on NCHW float32 [0,1]
   batches already on `device`. `dtype` "bfloat16" autocasts the forward pass;
   `channels_last` keeps activations NHWC; `compile` runs the forward and backward
@@ -114,8 +122,9 @@ def make_paper_step(vgg_weights, hr_size: int = 128, scale: int = 2, device: str
       lr = lr.contiguous(memory_format=torch.channels_last)
       hr = hr.contiguous(memory_format=torch.channels_last)
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
+    with torch.autocast(
+      device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
       loss = forward(lr, hr)
     loss.backward()
     optimizer.step()

@@ -18,12 +18,7 @@ import sys
 
 import numpy as np
 
-from percvae_jax import checkpoints
-from percvae_jax import degradation
-from percvae_jax import evaluate
-from percvae_jax import inference
-from percvae_jax import metrics
-from percvae_jax import reporting
+from percvae_jax import checkpoints, degradation, evaluate, inference, metrics, reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,8 +26,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def training_hours(workdir: str) -> dict[int, float]:
   """Hours of training up to each logged step, from the log lines' images/s."""
   config = checkpoints.load_config(workdir)
-  lines = [r for r in reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-           if "split" not in r and "images_per_sec" in r]
+  lines = [
+    r
+    for r in reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    if "split" not in r and "images_per_sec" in r
+  ]
   hours, total, previous = {}, 0.0, 0
   for record in lines:
     total += (record["step"] - previous) * config.train.batch_size / record["images_per_sec"]
@@ -48,8 +46,9 @@ def psnr_y(upscaler, scale: int, folder: str) -> float:
     hr = evaluate.mod_crop(load(), scale).astype(np.float32) / 255.0
     lr = np.asarray(degradation.degrade(hr, scale, 0.0))
     sr = inference.to_uint8(upscaler(lr)).astype(np.float32) / 255.0
-    values.append(float(metrics.psnr(*(metrics.shave(metrics.rgb_to_y(x[None]), scale)
-                                        for x in (sr, hr)))[0]))
+    values.append(
+      float(metrics.psnr(*(metrics.shave(metrics.rgb_to_y(x[None]), scale) for x in (sr, hr)))[0])
+    )
   return float(np.mean(values))
 
 
@@ -73,12 +72,12 @@ def main(argv=None) -> int:
     config, model, params, _ = inference.restore_model(args.workdir, step)
     upscaler = inference.Upscaler(model, params, config.data.scale)
     row = {"step": step, "hours": hours.get(step)}
-    row.update({s: psnr_y(upscaler, config.data.scale, os.path.join(args.data_root, s))
-                for s in sets})
+    row.update(
+      {s: psnr_y(upscaler, config.data.scale, os.path.join(args.data_root, s)) for s in sets}
+    )
     rows.append(row)
     shown = f"{row['hours']:.2f}" if row["hours"] is not None else "?"
-    print(f"| {step} | {shown} | " + " | ".join(f"{row[s]:.2f}" for s in sets) + " |",
-          flush=True)
+    print(f"| {step} | {shown} | " + " | ".join(f"{row[s]:.2f}" for s in sets) + " |", flush=True)
   if args.output:
     with open(args.output, "w") as f:
       json.dump(rows, f, indent=2)

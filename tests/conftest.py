@@ -10,9 +10,11 @@ from tests import helpers
 @pytest.fixture(autouse=True)
 def _weights_cache(tmp_path_factory, monkeypatch):
   """Each session converts the offline VGG weights once, into a temporary cache."""
-  monkeypatch.setenv("PERCVAE_JAX_CACHE",
-                     os.environ.get("PERCVAE_JAX_TEST_CACHE")
-                     or str(tmp_path_factory.getbasetemp() / "weights_cache"))
+  monkeypatch.setenv(
+    "PERCVAE_JAX_CACHE",
+    os.environ.get("PERCVAE_JAX_TEST_CACHE")
+    or str(tmp_path_factory.getbasetemp() / "weights_cache"),
+  )
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +28,11 @@ def tiny_workdir(tmp_path_factory):
 def tiny_seed_workdir(tmp_path_factory):
   """A 2-step run of the paper's fixed-size seed model, x2, on the embedded photos."""
   from percvae_jax import train  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path_factory.getbasetemp() / "tiny_seed"
-  train.train_and_evaluate(helpers.tiny_config(model__name="seed", train__num_steps=2,
-                                               train__eval_every=2), str(workdir))
+  train.train_and_evaluate(
+    helpers.tiny_config(model__name="seed", train__num_steps=2, train__eval_every=2), str(workdir)
+  )
   return workdir
 
 

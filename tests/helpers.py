@@ -66,9 +66,15 @@ def tiny_config(name: str = "quickstart", **overrides):
 def train_tiny_srvae(workdir: Path, steps: int = TINY_STEPS) -> str:
   """A `steps`-step x2 srvae run on the embedded photos (1 residual block); its workdir."""
   from percvae_jax import train  # pylint: disable=g-import-not-at-top
-  config = tiny_config(model__num_blocks=1, train__num_steps=steps, train__warmup_steps=1,
-                       train__log_every=steps, train__eval_every=steps,
-                       train__checkpoint_every=steps)
+
+  config = tiny_config(
+    model__num_blocks=1,
+    train__num_steps=steps,
+    train__warmup_steps=1,
+    train__log_every=steps,
+    train__eval_every=steps,
+    train__checkpoint_every=steps,
+  )
   train.train_and_evaluate(config, str(workdir))
   return str(workdir)
 
@@ -96,14 +102,13 @@ def write_unreadable_files(folder: Path, source: Path) -> list[str]:
   """A corrupt PNG, truncated PNG and JPEG, and a text file named .png (made from the
   photo `source`); their names, sorted."""
   folder.mkdir(parents=True, exist_ok=True)
-  (folder / "corrupt.png").write_bytes(
-      b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).bytes(4000))
+  (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).bytes(4000))
   png = source.read_bytes()
-  (folder / "truncated.png").write_bytes(png[:len(png) // 2])
+  (folder / "truncated.png").write_bytes(png[: len(png) // 2])
   Image.open(source).convert("RGB").save(folder / "full.jpg", quality=90)
   jpeg = (folder / "full.jpg").read_bytes()
   (folder / "full.jpg").unlink()
-  (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
   (folder / "notes.png").write_text("not an image, just text renamed .png\n")
   return ["corrupt.png", "notes.png", "truncated.jpg", "truncated.png"]
 
@@ -125,9 +130,16 @@ def write_troublesome_files(folder: Path) -> dict[str, str]:
   good.convert("CMYK").save(folder / "cmyk.jpg")
   good.convert("P").save(folder / "palette.png")
   Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save(folder / "small.png")
-  return {"good.png": "kept", "deep16.png": "kept", "cmyk.jpg": "kept", "palette.png": "kept",
-          "truncated.jpg": "skipped", "corrupt.png": "skipped", "text.png": "skipped",
-          "small.png": "skipped"}
+  return {
+    "good.png": "kept",
+    "deep16.png": "kept",
+    "cmyk.jpg": "kept",
+    "palette.png": "kept",
+    "truncated.jpg": "skipped",
+    "corrupt.png": "skipped",
+    "text.png": "skipped",
+    "small.png": "skipped",
+  }
 
 
 EXIF_ORIENTATION = 0x0112
@@ -158,38 +170,68 @@ def subprocess_env(**extra: str) -> dict:
   return env
 
 
-def run_module(module: str, *args: str, timeout: float = 300, env: dict | None = None
-               ) -> subprocess.CompletedProcess:
+def run_module(
+  module: str, *args: str, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
   """`python -m module args...` from the repository root, as a user runs it."""
-  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
-                        env=env or subprocess_env(), capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *map(str, args)],
+    cwd=REPO,
+    env=env or subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def main_command(workdir, *flags: str, config: str = "quickstart") -> list[str]:
-  return [sys.executable, "-m", "percvae_jax.main", "--config", str(CONFIGS / f"{config}.py"),
-          f"--workdir={workdir}", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "percvae_jax.main",
+    "--config",
+    str(CONFIGS / f"{config}.py"),
+    f"--workdir={workdir}",
+    *flags,
+  ]
 
 
 def worker_command(workdir, overrides: dict, *args: str) -> list[str]:
   """tests/workers/train_worker.py on `helpers.tiny_config(**overrides)`."""
-  return [sys.executable, "-m", "tests.workers.train_worker", str(workdir),
-          json.dumps(overrides), *args]
+  return [
+    sys.executable,
+    "-m",
+    "tests.workers.train_worker",
+    str(workdir),
+    json.dumps(overrides),
+    *args,
+  ]
 
 
-def run_worker(workdir, overrides: dict, *args: str, timeout: float = 300,
-               **env: str) -> subprocess.CompletedProcess:
-  return subprocess.run(worker_command(workdir, overrides, *args), cwd=REPO,
-                        env=subprocess_env(**env), capture_output=True, text=True,
-                        timeout=timeout)
+def run_worker(
+  workdir, overrides: dict, *args: str, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    worker_command(workdir, overrides, *args),
+    cwd=REPO,
+    env=subprocess_env(**env),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
-def start_worker(workdir, overrides: dict, *args: str, merge_output: bool = False,
-                 **env: str) -> subprocess.Popen:
-  return subprocess.Popen(worker_command(workdir, overrides, *args), cwd=REPO,
-                          env=subprocess_env(**env), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
-                          text=True)
+def start_worker(
+  workdir, overrides: dict, *args: str, merge_output: bool = False, **env: str
+) -> subprocess.Popen:
+  return subprocess.Popen(
+    worker_command(workdir, overrides, *args),
+    cwd=REPO,
+    env=subprocess_env(**env),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+    text=True,
+  )
 
 
 def error_line(stderr: str) -> str:
@@ -201,8 +243,7 @@ def error_line(stderr: str) -> str:
   return lines[0]
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str,
-                          codes=(1, 2)) -> str:
+def assert_one_line_error(result: subprocess.CompletedProcess, *expected: str, codes=(1, 2)) -> str:
   """A refusal as a user must see it: exit code 1 or 2, no traceback, one `error:`
   line holding each of `expected`."""
   assert result.returncode in codes, (result.returncode, result.stderr[-3000:])
@@ -220,6 +261,7 @@ def free_port() -> int:
 
 def metrics(workdir) -> list[dict]:
   from percvae_jax import reporting  # pylint: disable=g-import-not-at-top
+
   return reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
@@ -234,6 +276,8 @@ def eval_lines(workdir) -> list[dict]:
 def restored(workdir, step: int | None = None) -> tuple[int, list[np.ndarray]]:
   """(step, parameter arrays) of a workdir's checkpoint, as inference restores them."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+
   _, _, params, step = inference.restore_model(str(workdir), step)
   return step, [np.asarray(x) for x in jax.tree.leaves(params)]

@@ -51,10 +51,23 @@ def test_dry_run_from_a_carried_folder_writes_every_field(tmp_path):
   pytest.importorskip("torch")
   carried = tmp_path / "carried"
   env = dict(os.environ, PERCVAE_JAX_CACHE=str(tmp_path / "cache"))
-  prepare = subprocess.run([sys.executable, str(SCRIPTS / "prepare_accelerator.py"), "--output",
-                            str(carried), "--limit", "3", "--no-wheels"],
-                           capture_output=True, text=True, timeout=240, env=env, cwd=REPO,
-                           check=False)
+  prepare = subprocess.run(
+    [
+      sys.executable,
+      str(SCRIPTS / "prepare_accelerator.py"),
+      "--output",
+      str(carried),
+      "--limit",
+      "3",
+      "--no-wheels",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=240,
+    env=env,
+    cwd=REPO,
+    check=False,
+  )
   assert prepare.returncode == 0, prepare.stdout[-3000:] + prepare.stderr[-3000:]
   manifest = json.loads((carried / "manifest.json").read_text())
   assert manifest["sets"]["Set5"]["psnr_db"] == "lossless"
@@ -62,18 +75,33 @@ def test_dry_run_from_a_carried_folder_writes_every_field(tmp_path):
 
   output = tmp_path / "out"
   deep = tmp_path / "deep.py"  # a config tapping VGG16 past the carried relu3_3.
-  deep.write_text("import runpy\n\ndef get_config():\n"
-                  f"  config = runpy.run_path({str(REPO / 'configs' / 'release_x2.py')!r})"
-                  "['get_config']()\n"
-                  "  config.loss.gamma = 0.01\n"
-                  "  config.loss.perceptual_layers = 'relu5_3'\n"
-                  "  return config\n")
-  run = subprocess.run([sys.executable, str(SCRIPTS / "benchmark_accelerator.py"), "--dry-run",
-                        "--output", str(output), "--carried", str(carried),
-                        "--configs",
-                        f"configs/release_x2.py,{deep},configs/no_such_release.py"],
-                       capture_output=True, text=True, timeout=330, env=env, cwd=REPO,
-                       check=False)
+  deep.write_text(
+    "import runpy\n\ndef get_config():\n"
+    f"  config = runpy.run_path({str(REPO / 'configs' / 'release_x2.py')!r})"
+    "['get_config']()\n"
+    "  config.loss.gamma = 0.01\n"
+    "  config.loss.perceptual_layers = 'relu5_3'\n"
+    "  return config\n"
+  )
+  run = subprocess.run(
+    [
+      sys.executable,
+      str(SCRIPTS / "benchmark_accelerator.py"),
+      "--dry-run",
+      "--output",
+      str(output),
+      "--carried",
+      str(carried),
+      "--configs",
+      f"configs/release_x2.py,{deep},configs/no_such_release.py",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=330,
+    env=env,
+    cwd=REPO,
+    check=False,
+  )
   assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
   results = json.loads((output / "results.json").read_text())
   assert results["dry_run"] and results["weights"] == str(carried / "weights")
@@ -93,15 +121,13 @@ def test_dry_run_from_a_carried_folder_writes_every_field(tmp_path):
       assert rows, (config, dtype)
       assert sum(r.get("best", False) for r in rows) == 1
   for row in speed:
-    for key in ("batch_size", "step_seconds", "images_per_sec", "tflops_per_sec",
-                "peak_fraction"):
+    for key in ("batch_size", "step_seconds", "images_per_sec", "tflops_per_sec", "peak_fraction"):
       assert row[key] > 0, (key, row)
     assert np.isfinite(row["first_loss"]), row
 
   peer = results["peer"]
   assert peer["rows"] and peer["best"]
-  assert {(r["dtype"], r["batch_size"]) for r in peer["best"]} >= {("float32", 4),
-                                                                   ("bfloat16", 4)}
+  assert {(r["dtype"], r["batch_size"]) for r in peer["best"]} >= {("float32", 4), ("bfloat16", 4)}
   assert all(r["images_per_sec"] > 0 and np.isfinite(r["first_loss"]) for r in peer["rows"])
 
   assert results["pipeline_images_per_sec"] > 0
@@ -124,8 +150,11 @@ def test_dry_run_from_a_carried_folder_writes_every_field(tmp_path):
   written = {p.name for p in (carried / "data").rglob("*") if p.is_file()}
   assert all(name.endswith(".webp") for name in written), written  # only the packed images.
   assert (model / "params.msgpack").stat().st_size > 0
-  assert set(results["goals"]) >= {"jax_paper_vs_peer", "default_bf16_peak_fraction",
-                                   "pipeline_vs_fastest_step"}
+  assert set(results["goals"]) >= {
+    "jax_paper_vs_peer",
+    "default_bf16_peak_fraction",
+    "pipeline_vs_fastest_step",
+  }
 
 
 @pytest.mark.slow
@@ -140,8 +169,17 @@ def test_profile_names_the_ops_of_a_step(bench):
 
 
 def make_run(bench, tmp_path, **results):
-  args = bench.parse_args(["--output", str(tmp_path / "out"), "--dry-run",
-                           "--data", str(tmp_path), "--weights", str(tmp_path)])
+  args = bench.parse_args(
+    [
+      "--output",
+      str(tmp_path / "out"),
+      "--dry-run",
+      "--data",
+      str(tmp_path),
+      "--weights",
+      str(tmp_path),
+    ]
+  )
   run = bench.Run(args)
   run.results.update(results)
   return run
@@ -149,15 +187,35 @@ def make_run(bench, tmp_path, **results):
 
 def test_goals_compare_the_best_rows(bench, tmp_path):
   row = lambda config, dtype, batch, ips, tflops: {
-      "config": config, "dtype": dtype, "batch_size": batch, "images_per_sec": ips,
-      "tflops_per_sec": tflops}
+    "config": config,
+    "dtype": dtype,
+    "batch_size": batch,
+    "images_per_sec": ips,
+    "tflops_per_sec": tflops,
+  }
   run = make_run(
-      bench, tmp_path, matmul_peak={"bfloat16": {"tflops_per_sec": 800.0}},
-      speed=[row("paper", "bfloat16", 32, 1000.0, 20.0), row("paper", "bfloat16", 512, 9000.0, 160.0),
-             row("default", "bfloat16", 32, 500.0, 150.0), row("default", "bfloat16", 256, 900.0, 260.0)],
-      peer={"rows": [], "best": [{"dtype": "bfloat16", "batch_size": 512,
-                                  "images_per_sec": 6000.0, "variant": "compiled channels_last"}]},
-      pipeline_images_per_sec=20000.0)
+    bench,
+    tmp_path,
+    matmul_peak={"bfloat16": {"tflops_per_sec": 800.0}},
+    speed=[
+      row("paper", "bfloat16", 32, 1000.0, 20.0),
+      row("paper", "bfloat16", 512, 9000.0, 160.0),
+      row("default", "bfloat16", 32, 500.0, 150.0),
+      row("default", "bfloat16", 256, 900.0, 260.0),
+    ],
+    peer={
+      "rows": [],
+      "best": [
+        {
+          "dtype": "bfloat16",
+          "batch_size": 512,
+          "images_per_sec": 6000.0,
+          "variant": "compiled channels_last",
+        }
+      ],
+    },
+    pipeline_images_per_sec=20000.0,
+  )
   run.goals()
   goals = run.results["goals"]
   assert goals["jax_paper_vs_peer"]["value"] == pytest.approx(1.5)
@@ -174,8 +232,9 @@ def test_release_names_and_packed_folders(bench, tmp_path):
   assert bench.release_name("configs/release_x2.py") == "x2"
   for name in ("T91", "BSD200", "Set5"):
     (tmp_path / name).mkdir()
-  packed = bench.packed_folders("../shared/data/T91, ../shared/data/BSD200", str(tmp_path),
-                                ("T91",))
+  packed = bench.packed_folders(
+    "../shared/data/T91, ../shared/data/BSD200", str(tmp_path), ("T91",)
+  )
   assert packed == f"{tmp_path / 'T91'},{tmp_path / 'BSD200'}"
   assert bench.packed_folders("", str(tmp_path), ("Set5",)) == str(tmp_path / "Set5")
 
@@ -190,8 +249,9 @@ def test_a_missing_stage_result_is_a_recorded_failure(bench, tmp_path):
 
 
 def test_the_wrapper_is_valid_bash():
-  assert subprocess.run(["bash", "-n", str(SCRIPTS / "run_accelerator.sh")],
-                        check=False).returncode == 0
+  assert (
+    subprocess.run(["bash", "-n", str(SCRIPTS / "run_accelerator.sh")], check=False).returncode == 0
+  )
 
 
 # ----------------------------------------------------------------- the pieces
@@ -200,17 +260,28 @@ def test_the_wrapper_is_valid_bash():
 def test_torch_paper_step_learns():
   pytest.importorskip("torch")
   import torch  # pylint: disable=g-import-not-at-top
+
   sys.path.insert(0, str(SCRIPTS))
   try:
     import torch_paper  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.remove(str(SCRIPTS))
   rng = np.random.default_rng(0)
-  weights = {name: {"kernel": rng.normal(0, 0.05, (3, 3, i, o)).astype(np.float32),
-                    "bias": np.zeros(o, np.float32)}
-             for name, i, o in (("conv1_1", 3, 64), ("conv1_2", 64, 64), ("conv2_1", 64, 128),
-                                ("conv2_2", 128, 128), ("conv3_1", 128, 256),
-                                ("conv3_2", 256, 256), ("conv3_3", 256, 256))}
+  weights = {
+    name: {
+      "kernel": rng.normal(0, 0.05, (3, 3, i, o)).astype(np.float32),
+      "bias": np.zeros(o, np.float32),
+    }
+    for name, i, o in (
+      ("conv1_1", 3, 64),
+      ("conv1_2", 64, 64),
+      ("conv2_1", 64, 128),
+      ("conv2_2", 128, 128),
+      ("conv3_1", 128, 256),
+      ("conv3_2", 256, 256),
+      ("conv3_3", 256, 256),
+    )
+  }
   torch.set_num_threads(1)
   hr = torch.rand(2, 3, 32, 32)
   lr = torch.nn.functional.avg_pool2d(hr, 2)
@@ -228,17 +299,23 @@ def test_packed_evaluation_images_are_lossless(tmp_path):
   Image.fromarray(noisy).save(tmp_path / "a.png")
   Image.fromarray(noisy[..., 0]).save(tmp_path / "gray.png")
   for name in ("a", "gray"):
-    result = prepare.pack_image((str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}.webp"),
-                                 "lossless", 100))
+    result = prepare.pack_image(
+      (str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}.webp"), "lossless", 100)
+    )
     assert result["mse"] == 0
-    np.testing.assert_array_equal(data.decode_image(str(tmp_path / f"{name}.webp")),
-                                  data.decode_image(str(tmp_path / f"{name}.png")))
+    np.testing.assert_array_equal(
+      data.decode_image(str(tmp_path / f"{name}.webp")),
+      data.decode_image(str(tmp_path / f"{name}.png")),
+    )
   smooth.save(tmp_path / "smooth.png")
-  lossy = prepare.pack_image((str(tmp_path / "smooth.png"), str(tmp_path / "a_lossy.webp"),
-                              "webp", 90))
+  lossy = prepare.pack_image(
+    (str(tmp_path / "smooth.png"), str(tmp_path / "a_lossy.webp"), "webp", 90)
+  )
   assert 0 < lossy["mse"] < 300  # lossy, yet the same picture (PSNR > 23 dB)
-  assert data.list_images(str(tmp_path)) == sorted(str(tmp_path / n) for n in (
-      "a.png", "a.webp", "a_lossy.webp", "gray.png", "gray.webp", "smooth.png"))
+  assert data.list_images(str(tmp_path)) == sorted(
+    str(tmp_path / n)
+    for n in ("a.png", "a.webp", "a_lossy.webp", "gray.png", "gray.webp", "smooth.png")
+  )
 
 
 def _images(n=7, size=40):
@@ -278,7 +355,7 @@ def test_batch_flips_and_transposes_as_plain_numpy_does():
     image = arrays[indices[row]]
     top = int(corners[row, 0] * (image.shape[0] - 31))
     left = int(corners[row, 1] * (image.shape[1] - 31))
-    crop = image[top:top + 32, left:left + 32]
+    crop = image[top : top + 32, left : left + 32]
     crop = crop[:, ::-1] if flips[row, 0] else crop
     crop = np.swapaxes(crop, 0, 1) if flips[row, 1] else crop
     np.testing.assert_array_equal(batch[row], crop)
@@ -305,8 +382,10 @@ def test_image_cache_is_bounded():
 
 def test_module_imports_nothing_heavy_in_the_parent(bench):
   """The parent process never imports JAX: each stage's process owns the device."""
-  code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import benchmark_accelerator; "
-          "print('jax' in sys.modules)")
+  code = (
+    f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import benchmark_accelerator; "
+    "print('jax' in sys.modules)"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
   assert isinstance(bench, types.ModuleType)

@@ -10,7 +10,8 @@ import pytest
 from tests.helpers import REPO, shared_data
 
 _spec = importlib.util.spec_from_file_location(
-    "benchmark_quality", REPO / "scripts" / "benchmark_quality.py")
+  "benchmark_quality", REPO / "scripts" / "benchmark_quality.py"
+)
 bq = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bq)
 
@@ -25,8 +26,9 @@ def test_published_rows_are_read_from_the_shared_readme():
 
 
 @pytest.mark.slow
-def test_tables_put_a_model_beside_bicubic_and_the_published_rows(tiny_workdir, tmp_path,
-                                                                   monkeypatch):
+def test_tables_put_a_model_beside_bicubic_and_the_published_rows(
+  tiny_workdir, tmp_path, monkeypatch
+):
   monkeypatch.setattr(bq, "SETS", ("Set5",))
   monkeypatch.setattr(bq, "SCALES", (2,))
   (tmp_path / "eval").mkdir()

@@ -33,9 +33,13 @@ def test_folder_source_recursive_formats_and_modes(tmp_path):
   Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
   (tmp_path / "notes.txt").write_text("not an image and not an image extension")
   images = data.read_folder(str(tmp_path), min_size=32)
-  assert sorted(images.names) == ["a.png", "alpha.png", "gray.png",
-                                  os.path.join("sub", "b.jpg"),
-                                  os.path.join("sub", "deeper", "c.bmp")]
+  assert sorted(images.names) == [
+    "a.png",
+    "alpha.png",
+    "gray.png",
+    os.path.join("sub", "b.jpg"),
+    os.path.join("sub", "deeper", "c.bmp"),
+  ]
   by_name = dict(zip(images.names, (images[i] for i in range(len(images)))))
   np.testing.assert_array_equal(by_name["a.png"], rgb)
   np.testing.assert_array_equal(by_name[os.path.join("sub", "deeper", "c.bmp")], rgb)
@@ -69,8 +73,7 @@ def test_train_batches_depend_only_on_seed_and_step():
   assert not np.array_equal(a.batch(7), a.batch(8))
   assert not np.array_equal(a.batch(7), data.TrainBatches(images, 32, 6, seed=4).batch(7))
   # Each process's rows, put together, are the single-process batch.
-  parts = [data.TrainBatches(images, 32, 6, seed=3, rows=slice(i, i + 3)).batch(7)
-           for i in (0, 3)]
+  parts = [data.TrainBatches(images, 32, 6, seed=3, rows=slice(i, i + 3)).batch(7) for i in (0, 3)]
   np.testing.assert_array_equal(np.concatenate(parts), a.batch(7))
 
 
@@ -94,13 +97,16 @@ def test_eval_crops_are_central_and_bounded():
 def test_comma_separated_folders_are_read_as_one_set_with_prefixed_names(tmp_path):
   helpers.write_photos(tmp_path / "T91", count=2, seed=0)
   helpers.write_photos(tmp_path / "BSD200", count=3, seed=1)
-  config = tiny_config(data__name="folder",
-                       data__train_dir=f"{tmp_path / 'T91'}, {tmp_path / 'BSD200'}",
-                       data__eval_dir=str(tmp_path / "T91"))
+  config = tiny_config(
+    data__name="folder",
+    data__train_dir=f"{tmp_path / 'T91'}, {tmp_path / 'BSD200'}",
+    data__eval_dir=str(tmp_path / "T91"),
+  )
   config_lib.validate(config, num_devices=1)
   images = data.load_split(config.data, "train")
   assert sorted(images.names) == [os.path.join("BSD200", f"{i}.png") for i in range(3)] + [
-      os.path.join("T91", f"{i}.png") for i in range(2)]
+    os.path.join("T91", f"{i}.png") for i in range(2)
+  ]
   for i, name in enumerate(images.names):  # each image is its own file's.
     np.testing.assert_array_equal(images[i], data.decode_image(str(tmp_path / name)))
   # One folder: names as before, unprefixed.
@@ -111,8 +117,9 @@ def test_comma_separated_folders_are_read_as_one_set_with_prefixed_names(tmp_pat
 
 
 def test_comma_separated_real_folders():
-  images = data.read_folders(data.split_folders(
-      f"{shared_data('Set5')},{shared_data('Set14')}"), min_size=32)
+  images = data.read_folders(
+    data.split_folders(f"{shared_data('Set5')},{shared_data('Set14')}"), min_size=32
+  )
   assert len(images) == 5 + 14
   assert {name.split(os.sep)[0] for name in images.names} == {"Set5", "Set14"}
   assert os.path.join("Set14", "baboon.png") in images.names
@@ -120,22 +127,29 @@ def test_comma_separated_real_folders():
 
 def test_a_missing_folder_in_a_list_is_refused_naming_it(tmp_path):
   helpers.write_photos(tmp_path / "a", count=1)
-  config = tiny_config(data__name="folder", data__train_dir=f"{tmp_path / 'a'},{tmp_path / 'b'}",
-                       data__eval_dir=str(tmp_path / "a"))
-  with pytest.raises(config_lib.ConfigError, match=f"config.data.train_dir='{tmp_path / 'b'}' "
-                                                   "is not a directory"):
+  config = tiny_config(
+    data__name="folder",
+    data__train_dir=f"{tmp_path / 'a'},{tmp_path / 'b'}",
+    data__eval_dir=str(tmp_path / "a"),
+  )
+  with pytest.raises(
+    config_lib.ConfigError, match=f"config.data.train_dir='{tmp_path / 'b'}' is not a directory"
+  ):
     config_lib.validate(config, num_devices=1)
   config.data.train_dir = " , "
   with pytest.raises(config_lib.ConfigError, match="is not a directory"):
     config_lib.validate(config, num_devices=1)
 
 
-@pytest.mark.parametrize("paths,expected", [
+@pytest.mark.parametrize(
+  "paths,expected",
+  [
     (["a.png", "b.png"], ["a", "b"]),
     (["photo.jpg", "photo.png", "photo_jpg.png"], ["photo_jpg_2", "photo_png", "photo_jpg"]),
     (["x/IMG.JPG", "x/img.png"], ["x/IMG_jpg", "x/img_png"]),  # case-insensitive file systems
     (["a.png", os.path.join("sub", "a.png")], ["a", os.path.join("sub", "a")]),
-])
+  ],
+)
 def test_unique_stems_are_all_different(paths, expected):
   stems = data.unique_stems(paths)
   assert stems == expected

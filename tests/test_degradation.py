@@ -11,14 +11,25 @@ RNG = np.random.default_rng(0)
 
 
 def pil_bicubic_float(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  channels = [Image.fromarray(image[..., c].astype(np.float32), "F").resize(
-      (width, height), Image.BICUBIC) for c in range(image.shape[-1])]
+  channels = [
+    Image.fromarray(image[..., c].astype(np.float32), "F").resize((width, height), Image.BICUBIC)
+    for c in range(image.shape[-1])
+  ]
   return np.stack([np.asarray(c) for c in channels], -1)
 
 
-@pytest.mark.parametrize("in_hw,out_hw", [
-    ((96, 80), (48, 40)), ((96, 81), (32, 27)), ((96, 80), (24, 20)), ((96, 80), (12, 10)),
-    ((30, 20), (60, 40)), ((25, 17), (100, 68)), ((40, 40), (31, 53))])
+@pytest.mark.parametrize(
+  "in_hw,out_hw",
+  [
+    ((96, 80), (48, 40)),
+    ((96, 81), (32, 27)),
+    ((96, 80), (24, 20)),
+    ((96, 80), (12, 10)),
+    ((30, 20), (60, 40)),
+    ((25, 17), (100, 68)),
+    ((40, 40), (31, 53)),
+  ],
+)
 def test_bicubic_matches_pil(in_hw, out_hw):
   image = RNG.uniform(0, 255, in_hw + (3,)).astype(np.float32)
   ours = np.asarray(degradation.bicubic_resize(image, *out_hw))
@@ -47,8 +58,9 @@ def test_degrade_shrinks_by_the_scale_and_blurs():
   blurred = np.asarray(degradation.degrade(hr, 2, 1.0))
   assert blurred.std() < sharp.std()  # blur removes high-frequency energy
   reference = pil_bicubic_float(hr[0] * 255, 32, 24) / 255
-  np.testing.assert_allclose(sharp[0], np.clip(np.round(reference * 255), 0, 255) / 255,
-                             atol=1 / 255 + 1e-6)
+  np.testing.assert_allclose(
+    sharp[0], np.clip(np.round(reference * 255), 0, 255) / 255, atol=1 / 255 + 1e-6
+  )
 
 
 def test_gaussian_blur_preserves_constants_and_sums_to_one():
@@ -65,21 +77,22 @@ def test_degrade_refuses_bad_shapes_and_scales():
 
 
 @pytest.mark.parametrize("scale,blur_sigma", [(2, 1.0), (2, 0.0), (3, 1.0), (4, 0.0)])
-def test_projection_onto_the_lr_gives_back_the_lr_and_keeps_consistent_images(scale,
-                                                                             blur_sigma):
+def test_projection_onto_the_lr_gives_back_the_lr_and_keeps_consistent_images(scale, blur_sigma):
   hr = RNG.uniform(0, 1, (2, 48, 36, 3)).astype(np.float32)
   lr = np.asarray(degradation.degrade(hr, scale, blur_sigma))  # 8-bit: not quite D(hr)
   guess = RNG.uniform(0, 1, hr.shape).astype(np.float32)
   projected = np.asarray(degradation.project_onto_lr(guess, lr, scale, blur_sigma))
   assert projected.shape == hr.shape
-  np.testing.assert_allclose(np.asarray(degradation.downscale(projected, scale, blur_sigma)),
-                             lr, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(degradation.downscale(projected, scale, blur_sigma)), lr, atol=1e-5
+  )
   # Projecting what is already consistent changes nothing.
   again = np.asarray(degradation.project_onto_lr(projected, lr, scale, blur_sigma))
   np.testing.assert_allclose(again, projected, atol=1e-5)
   exact_lr = np.asarray(degradation.downscale(hr, scale, blur_sigma))
   np.testing.assert_allclose(
-      np.asarray(degradation.project_onto_lr(hr, exact_lr, scale, blur_sigma)), hr, atol=1e-5)
+    np.asarray(degradation.project_onto_lr(hr, exact_lr, scale, blur_sigma)), hr, atol=1e-5
+  )
   # It is the nearest consistent image: nearer the guess than another consistent one.
   other = np.asarray(degradation.project_onto_lr(hr, lr, scale, blur_sigma))
   assert np.linalg.norm(guess - projected) < np.linalg.norm(guess - other)

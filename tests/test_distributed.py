@@ -13,19 +13,33 @@ import pytest
 from tests import helpers
 from tests.helpers import tiny_config
 
-OVERRIDES = {"train__batch_size": 8, "train__num_steps": 3, "train__checkpoint_every": 3,
-             "train__eval_every": 3, "data__num_eval_images": 2}
+OVERRIDES = {
+  "train__batch_size": 8,
+  "train__num_steps": 3,
+  "train__checkpoint_every": 3,
+  "train__eval_every": 3,
+  "data__num_eval_images": 2,
+}
 
 
-def start_worker(workdir, devices, coordinator="", num_processes=1, process_id=0,
-                 overrides=None):
+def start_worker(workdir, devices, coordinator="", num_processes=1, process_id=0, overrides=None):
   args = ["--save-params"]
   if coordinator:
-    args += ["--coordinator", coordinator, "--num-processes", str(num_processes),
-             "--process-id", str(process_id)]
+    args += [
+      "--coordinator",
+      coordinator,
+      "--num-processes",
+      str(num_processes),
+      "--process-id",
+      str(process_id),
+    ]
   return helpers.start_worker(
-      workdir, overrides or OVERRIDES, *args, merge_output=True,
-      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    workdir,
+    overrides or OVERRIDES,
+    *args,
+    merge_output=True,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
 
 
 def finish(processes, timeout=240):
@@ -70,8 +84,12 @@ def single_device_run(tmp_path_factory):
 @pytest.mark.slow
 def test_eight_devices_train_like_one(single_device_run, tmp_path):
   finish([start_worker(tmp_path, devices=8)])
-  assert_same_run(single_device_run, single_device_run / "params_0_of_1.npz",
-                  tmp_path, tmp_path / "params_0_of_1.npz")
+  assert_same_run(
+    single_device_run,
+    single_device_run / "params_0_of_1.npz",
+    tmp_path,
+    tmp_path / "params_0_of_1.npz",
+  )
 
 
 free_port = helpers.free_port
@@ -80,12 +98,18 @@ free_port = helpers.free_port
 @pytest.mark.slow
 def test_two_processes_train_like_one(single_device_run, tmp_path):
   coordinator = f"127.0.0.1:{free_port()}"
-  workers = [start_worker(tmp_path, devices=2, coordinator=coordinator, num_processes=2,
-                          process_id=i) for i in range(2)]
+  workers = [
+    start_worker(tmp_path, devices=2, coordinator=coordinator, num_processes=2, process_id=i)
+    for i in range(2)
+  ]
   finish(workers)
   for i in range(2):
-    assert_same_run(single_device_run, single_device_run / "params_0_of_1.npz",
-                    tmp_path, tmp_path / f"params_{i}_of_2.npz")
+    assert_same_run(
+      single_device_run,
+      single_device_run / "params_0_of_1.npz",
+      tmp_path,
+      tmp_path / f"params_{i}_of_2.npz",
+    )
 
 
 @pytest.mark.slow
@@ -98,20 +122,31 @@ def test_checkpoint_from_eight_devices_resumes_on_one_and_back(tmp_path):
   assert steps == list(range(1, 10))
   straight = tmp_path / "straight"
   finish([start_worker(straight, devices=1, overrides=dict(first, train__num_steps=9))])
-  assert_same_run(straight, straight / "params_0_of_1.npz",
-                  tmp_path, tmp_path / "params_0_of_1.npz")
+  assert_same_run(
+    straight, straight / "params_0_of_1.npz", tmp_path, tmp_path / "params_0_of_1.npz"
+  )
 
 
 def test_batch_not_divisible_by_devices_is_refused_before_compute():
   from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(config_lib.ConfigError, match="not divisible by the 8 devices"):
     config_lib.validate(tiny_config(train__batch_size=12), num_devices=8)
 
 
 def start_pair(workdir, overrides):
   coordinator = f"127.0.0.1:{free_port()}"
-  return [start_worker(workdir, devices=2, coordinator=coordinator, num_processes=2,
-                       process_id=i, overrides=overrides) for i in range(2)]
+  return [
+    start_worker(
+      workdir,
+      devices=2,
+      coordinator=coordinator,
+      num_processes=2,
+      process_id=i,
+      overrides=overrides,
+    )
+    for i in range(2)
+  ]
 
 
 @pytest.mark.slow
@@ -120,8 +155,13 @@ def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(tmp_path
   same step and exit 0; the same command then resumes to the numbers of a run that
   was never interrupted."""
   steps = 60
-  config = dict(OVERRIDES, train__num_steps=steps, train__checkpoint_every=100_000,
-                train__eval_every=steps, train__lr_schedule="constant")
+  config = dict(
+    OVERRIDES,
+    train__num_steps=steps,
+    train__checkpoint_every=100_000,
+    train__eval_every=steps,
+    train__lr_schedule="constant",
+  )
   workdir = tmp_path / "preempted"
   workers = start_pair(workdir, config)
   try:
@@ -155,6 +195,7 @@ def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(tmp_path
   for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
     assert eval_a[key] == pytest.approx(eval_b[key], rel=1e-6), key
   for i in range(2):
-    for a, b in zip(load_params(workdir / f"params_{i}_of_2.npz"),
-                    load_params(straight / f"params_{i}_of_2.npz")):
+    for a, b in zip(
+      load_params(workdir / f"params_{i}_of_2.npz"), load_params(straight / f"params_{i}_of_2.npz")
+    ):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

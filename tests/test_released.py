@@ -31,8 +31,9 @@ def installed(root, monkeypatch):
   """`root` as the package's own released models."""
   names, name_for_scale, load = released.names, released.name_for_scale, released.load
   monkeypatch.setattr(released, "names", lambda where=str(root): names(where))
-  monkeypatch.setattr(released, "name_for_scale",
-                      lambda scale, where=str(root): name_for_scale(scale, where))
+  monkeypatch.setattr(
+    released, "name_for_scale", lambda scale, where=str(root): name_for_scale(scale, where)
+  )
   monkeypatch.setattr(released, "load", lambda name, where=str(root): load(name, where))
   return root
 
@@ -58,15 +59,19 @@ def test_a_released_model_loads_back_as_written(tiny_workdir, root):
   twin = vae.create(loaded_config)
   for kwargs in ({}, {"sample": True, "rngs": {"latent": jax.random.PRNGKey(3)}}):
     np.testing.assert_array_equal(
-        np.asarray(twin.apply({"params": loaded_params}, lr, method="generate", **kwargs)),
-        np.asarray(model.apply({"params": params}, lr, method="generate", **kwargs)))
+      np.asarray(twin.apply({"params": loaded_params}, lr, method="generate", **kwargs)),
+      np.asarray(model.apply({"params": params}, lr, method="generate", **kwargs)),
+    )
 
 
 def test_an_unknown_name_is_refused_listing_the_released_ones(root, tmp_path):
   config, params = released.load("x2", str(root))
   released.write(str(root / "x4-perceptual"), config, params, {})
-  with pytest.raises(InferenceError, match=r"--model='x3' is not a released model; choose one "
-                                           r"of: x2, x4-perceptual"):
+  with pytest.raises(
+    InferenceError,
+    match=r"--model='x3' is not a released model; choose one "
+    r"of: x2, x4-perceptual",
+  ):
     released.load("x3", str(root))
   with pytest.raises(InferenceError, match="none"):
     released.load("x2", str(tmp_path / "nothing_here"))
@@ -91,18 +96,21 @@ def test_upscale_with_a_released_model_equals_its_checkpoint(tiny_workdir, insta
   helpers.crop_of(helpers.shared_data("Set5", "bird.png"), 48).save(tmp_path / "bird.png")
   config, upscaler, source = inference.load_upscaler(scale=2)
   assert source == {"model": "x2"} and config.data.scale == 2
-  by_scale = upscale.run(None, str(tmp_path / "bird.png"), str(tmp_path / "a"), scale=2,
-                         samples=1)
+  by_scale = upscale.run(None, str(tmp_path / "bird.png"), str(tmp_path / "a"), scale=2, samples=1)
   by_name = upscale.run(None, str(tmp_path / "bird.png"), str(tmp_path / "b"), model="x2")
-  by_checkpoint = upscale.run(tiny_workdir, str(tmp_path / "bird.png"), str(tmp_path / "c"),
-                              samples=1)
+  by_checkpoint = upscale.run(
+    tiny_workdir, str(tmp_path / "bird.png"), str(tmp_path / "c"), samples=1
+  )
   assert len(by_scale["written"]) == len(by_checkpoint["written"]) == 2
   assert len(by_name["written"]) == 1
   for name in ("bird.png", "bird_sample1.png"):
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / name)),
-                                  np.asarray(Image.open(tmp_path / "c" / name)))
-  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b" / "bird.png")),
-                                np.asarray(Image.open(tmp_path / "c" / "bird.png")))
+    np.testing.assert_array_equal(
+      np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "c" / name))
+    )
+  np.testing.assert_array_equal(
+    np.asarray(Image.open(tmp_path / "b" / "bird.png")),
+    np.asarray(Image.open(tmp_path / "c" / "bird.png")),
+  )
 
 
 def test_evaluate_with_a_released_model_says_which(installed, tmp_path):

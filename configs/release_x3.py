@@ -16,5 +16,5 @@ from percvae_jax import config as config_lib
 
 def get_config():
   config = config_lib.fidelity_sr(3)
-  config.train.num_steps = 8_000
+  config.train.num_steps = 5_000
   return config

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from percvae_jax import data
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -382,10 +383,12 @@ def test_image_cache_is_bounded():
 
 def test_module_imports_nothing_heavy_in_the_parent(bench):
   """The parent process never imports JAX: each stage's process owns the device."""
-  code = (
-    f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import benchmark_accelerator; "
-    "print('jax' in sys.modules)"
-  )
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == "False"
+  env = helpers.subprocess_env()
+  # scripts/ first on the path, as when the script runs.
+  env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), env["PYTHONPATH"]])
+  run = helpers.run_module("tests.workers.import_probe", "benchmark_accelerator", env=env)
+  assert run.returncode == 0, run.stderr[-3000:]
+  loaded = set(json.loads(run.stdout)["modules"])
+  assert "benchmark_accelerator" in loaded  # the probe did import it.
+  assert "jax" not in loaded
   assert isinstance(bench, types.ModuleType)

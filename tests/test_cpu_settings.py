@@ -1,14 +1,15 @@
 """percvae_jax.cpu_settings: the CPU it detects, the settings it chooses per CPU and
-task, how it merges them with the user's XLA_FLAGS, and that each one takes effect."""
+task, how it merges them with the user's XLA_FLAGS, and that each one takes effect
+(checked in fresh processes: tests/workers/cpu_settings_probe.py)."""
 
+import json
 import os
-import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from percvae_jax import cpu_settings
+from tests import helpers
 
 AVX2 = frozenset(["fpu", "sse2", "avx", "fma", "avx2", "f16c"])
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
@@ -27,14 +28,14 @@ def fresh(monkeypatch):
   monkeypatch.setattr(cpu_settings, "tune_malloc", lambda environ=None: "untouched (test)")
 
 
-def run_python(code: str, env=None, timeout=300):
-  return subprocess.run(
-    [sys.executable, "-c", textwrap.dedent(code)],
-    capture_output=True,
-    text=True,
+def run_probe(*args: str, timeout=300, **env: str):
+  """tests/workers/cpu_settings_probe.py, on CPU JAX (plus `env`), from the repository
+  root."""
+  return helpers.run_module(
+    "tests.workers.cpu_settings_probe",
+    *args,
     timeout=timeout,
-    env=dict(os.environ, **(env or {})),
-    check=False,
+    env=helpers.subprocess_env(**env),
   )
 
 
@@ -131,45 +132,12 @@ def test_accelerator_expected():
 def test_the_choice_takes_effect_in_xla(flags, ynn):
   """XLA accepts the flags (it aborts on unknown ones), and compiles a train step's
   convolutions with the library chosen: Eigen on AVX2, YNNPACK with AVX-512."""
-  run = run_python(
-    f"""
-      import os
-      from percvae_jax import cpu_settings
-      cpu = cpu_settings.Cpu("Test", frozenset({sorted(flags)!r}), 2)
-      cpu_settings.apply("train", cpu)
-      import jax, jax.numpy as jnp
-      x, w = jnp.ones((2, 16, 16, 32)), jnp.ones((3, 3, 32, 32))  # YNNPACK takes 32 channels.
-      loss = lambda w: jnp.sum(jax.lax.conv_general_dilated(
-          x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
-      hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
-      print("YNN", '"__ynn_fusion"' in hlo, os.environ.get("XLA_FLAGS", ""))
-      """,
-    env={"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
-  )
+  run = run_probe("xla", *sorted(flags), XLA_FLAGS="")
   assert run.returncode == 0, run.stderr[-3000:]
   if sys.platform != "linux" or os.uname().machine != "x86_64":
     return  # YNNPACK's fusions: XLA:CPU's default on x86-64 Linux, where this is measured.
-  assert f"YNN {ynn}" in run.stdout, run.stdout
-
-
-MALLOC_PROBE = """
-    import ctypes, resource, sys
-    from percvae_jax import cpu_settings
-    print(cpu_settings.tune_malloc() if sys.argv[1] == "tuned" else "as is")
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
-    libc.free.argtypes = (ctypes.c_void_p,)
-    size = 64 * 2**20  # over glibc's largest mmap threshold (32 MiB): mmapped as is.
-    def allocate_fill_free():
-      block = libc.malloc(size)
-      ctypes.memset(block, 1, size)
-      libc.free(block)
-    allocate_fill_free()  # the first one faults in either case.
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-      allocate_fill_free()
-    print("FAULTS", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
-    """
+  result = json.loads(run.stdout)
+  assert result["ynn"] is ynn, result
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
@@ -178,19 +146,13 @@ def test_tuned_malloc_reuses_freed_memory():
   (XLA's per-step buffers); as is, glibc unmaps it and every allocation faults."""
   counts = {}
   for mode in ("as is", "tuned"):
-    run = subprocess.run(
-      [sys.executable, "-c", textwrap.dedent(MALLOC_PROBE), mode.replace(" ", "")],
-      capture_output=True,
-      text=True,
-      timeout=120,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"),
-      check=False,
-    )
+    run = run_probe("malloc", mode.replace(" ", ""), timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    if mode == "tuned" and "not glibc" in run.stdout:
+    result = json.loads(run.stdout)
+    if mode == "tuned" and "not glibc" in result["malloc"]:
       pytest.skip("not glibc")
-    assert "kept for reuse" in run.stdout or mode == "as is", run.stdout
-    counts[mode] = int(run.stdout.split("FAULTS")[1])
+    assert "kept for reuse" in result["malloc"] or mode == "as is", result
+    counts[mode] = result["faults"]
   assert counts["as is"] >= 5 * 32  # 5 x 64 MiB faulted in again (4 KiB or 2 MiB pages).
   assert counts["tuned"] < counts["as is"] / 10, counts
 
@@ -208,18 +170,8 @@ def test_the_tools_apply_the_settings_before_jax_starts():
   """Importing the tools starts no JAX backend, so the `cpu_settings.apply` at the top
   of their `main` is in time: an XLA_FLAGS set after the imports still reaches XLA
   (here an unknown flag, on which XLA aborts)."""
-  run = run_python(
-    """
-      import os
-      import percvae_jax.evaluate, percvae_jax.main, percvae_jax.upscale
-      os.environ["XLA_FLAGS"] = "--xla_cpu_no_such_flag=1"
-      import jax
-      jax.numpy.ones(2).block_until_ready()
-      print("STARTED BEFORE")
-      """,
-    env={"JAX_PLATFORMS": "cpu"},
-  )
-  assert "STARTED BEFORE" not in run.stdout
+  run = run_probe("late-xla-flags")
+  assert "started_before" not in run.stdout
   assert "xla_cpu_no_such_flag" in run.stderr, run.stderr[-3000:]
   for tool, task in (("main", "train"), ("upscale", "infer"), ("evaluate", "infer")):
     with open(os.path.join(os.path.dirname(cpu_settings.__file__), f"{tool}.py")) as f:

@@ -2,20 +2,21 @@
 term as the main one, and its outputs projected onto the LR.
 
 Recipe: from the released `x4` model (train.init_from), on the 291 images with the
-classic degradation: the perceptual term is VGG16's relu1_2, relu2_2 and relu3_3,
-features unit-normalised per channel (loss.perceptual_norm=channel: each tap in [0, 4]
-whatever its magnitude or the crop size), measured on the generated output (the
-prior's mean, what users get), weighted so that its pull on the output is 10-50x the pixel MSE's; every output
-is projected onto the images whose bicubic downscale is the LR input (model.lr_consistent), so the detail it adds never changes what the LR
-determines. The VAE's own terms (pixel MSE of its output, KL 1e-3) keep the latent in
-use, so prior samples differ in texture.
+classic degradation. The perceptual term: VGG16's relu1_2, relu2_2, relu3_3 and
+relu4_3, features unit-normalised per channel (loss.perceptual_norm=channel: each
+tap's distance in [0, 4] whatever its magnitude or the crop size), measured on the
+generated output (the prior's mean, what users get), weighted gamma=GAMMA: its
+value is ~RATIO the pixel terms'. Every output is projected onto the images whose
+bicubic downscale is the LR input (model.lr_consistent), so the detail it adds never
+changes what the LR determines. The VAE's own terms (pixel MSE of its output, KL 1e-3)
+keep the latent in use, so prior samples differ in texture.
 
 Run (from the repository's root, ../shared/data beside it; needs the x4 release):
   python -m percvae_jax.main --config configs/release_x4_perceptual.py \\
       --workdir runs/release_x4_perceptual
   python scripts/release_model.py --workdir runs/release_x4_perceptual --name x4-perceptual
 
-Result: (filled in when the release is trained.)
+Result: RESULT
 """
 
 from percvae_jax import config as config_lib

@@ -23,7 +23,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from percvae_jax import config as config_lib
-from percvae_jax.errors import CheckpointError, ConfigError, WorkdirBusyError
+from percvae_jax.errors import (
+  CheckpointError,
+  ConfigError,
+  WorkdirBusyError,
+  ensure_writable_folder,
+)
 
 # What a checkpoint holds of the train state: everything that decides the rest of
 # the run (the data order is a function of seed and step).
@@ -50,7 +55,7 @@ class WorkdirLock:
     self._file = None
 
   def __enter__(self):
-    _make_workdir(self.workdir)
+    ensure_writable_folder(self.workdir, "--workdir", CheckpointError)
     if jax.process_index() != 0:
       return self
     path = os.path.join(self.workdir, LOCK_FILE)
@@ -77,21 +82,6 @@ class WorkdirLock:
     if self._file is not None:
       self._file.close()  # releases the lock; the file stays, harmless.
     return False
-
-
-def _make_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise CheckpointError(
-      f"--workdir={workdir!r} is a file; pass a folder (it is created if missing)."
-    )
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise CheckpointError(
-      f"cannot create --workdir={workdir!r} ({e.strerror}); pass a folder you can write to."
-    ) from None
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise CheckpointError(f"cannot write to --workdir={workdir!r}; pass a folder you can write to.")
 
 
 def checkpoint_dir(workdir: str) -> str:

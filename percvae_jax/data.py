@@ -379,6 +379,24 @@ def default_workers() -> int:
   return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
 
 
+def training_data(data_config) -> tuple[ImageSet, np.ndarray]:
+  """The training images and the evaluation crops (uint8) a training run uses."""
+  train_images = load_split(data_config, "train")
+  eval_hr, _ = eval_crops(
+    load_split(data_config, "eval"),
+    data_config.hr_size,
+    data_config.num_eval_images,
+    data_config.eval_crops_per_image,
+  )
+  logging.info(
+    "%d training images, %d evaluation crops of %d px.",
+    len(train_images),
+    len(eval_hr),
+    data_config.hr_size,
+  )
+  return train_images, eval_hr
+
+
 def eval_crops(
   images: ImageSet, size: int, limit: int, per_image: int = 1
 ) -> tuple[np.ndarray, list[str]]:

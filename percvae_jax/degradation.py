@@ -176,3 +176,9 @@ def bicubic_upscale(lr, scale: int):
   """The bicubic baseline: LR float images upscaled by `scale` (unclipped)."""
   h, w = lr.shape[-3], lr.shape[-2]
   return bicubic_resize(lr, h * scale, w * scale)
+
+
+def lr_from_hr(hr_uint8, data_config):
+  """The training pair from an HR uint8 batch: float HR in [0,1] and its LR."""
+  hr = hr_uint8.astype(jnp.float32) / 255.0
+  return hr, degrade(hr, data_config.scale, data_config.blur_sigma)

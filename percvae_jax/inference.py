@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import os
 
+import flax
 import jax
 import numpy as np
+from absl import logging
 
 from percvae_jax import checkpoints, devices, released
-from percvae_jax.errors import CheckpointError, InferenceError
+from percvae_jax.errors import CheckpointError, ConfigError, InferenceError
 from percvae_jax.models import vae
 
 # LR px on a side of each window the model runs on: on 2 CPU cores, 192 to 384 px
@@ -199,3 +201,27 @@ def load_upscaler(
   """(config, Upscaler, source) for `load_model`'s arguments."""
   config, model, params, source = load_model(workdir, name, scale, step)
   return config, Upscaler(model, params, config.data.scale, tile, temperature), source
+
+
+def initial_params(config, params):
+  """`params` overwritten by those of `config.train.init_from` where it has them (a
+  released model lacks the posterior, which keeps its fresh initialisation)."""
+  source = config.train.init_from
+  if not source:
+    return params
+  is_workdir = os.path.isdir(source)
+  loaded_config, _, loaded, _ = load_model(
+    workdir=source if is_workdir else None,
+    name=None if is_workdir else source,
+    scale=config.data.scale,
+  )
+  fresh = flax.traverse_util.flatten_dict(params)
+  given = flax.traverse_util.flatten_dict(jax.device_get(loaded))
+  wrong = [k for k in given if k in fresh and given[k].shape != fresh[k].shape]
+  if wrong or not set(given) & set(fresh):
+    raise ConfigError(
+      f"config.train.init_from={source!r} holds a model of another shape (model "
+      f"{loaded_config.model.to_dict()}); give this run the same config.model fields."
+    )
+  logging.info("Starting from the parameters of %s.", source)
+  return flax.traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})

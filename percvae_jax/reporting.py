@@ -76,6 +76,11 @@ class Reporter:
     for name, image in images.items():
       self._tensorboard.add_image(name, image, int(step), dataformats="HWC")
 
+  def write_grid(self, step: int, name: str, images: dict, keys, count: int = 4) -> None:
+    """One TensorBoard image: a row per example (the first `count`), a column per key."""
+    rows = min(count, len(images[keys[0]]))
+    self.write_images(step, {name: image_grid([[images[k][i] for k in keys] for i in range(rows)])})
+
   def flush(self) -> None:
     if self.enabled:
       self._tensorboard.flush()
@@ -151,3 +156,33 @@ def image_grid(
   for k, title in enumerate(titles):
     draw.text((k * column_width + 3, 1), title, fill="black")
   return np.asarray(canvas)
+
+
+def log_progress(step: int, num_steps: int, values: dict, batch_size: int) -> None:
+  """The training log's line: the step, the loss terms, images/s and the ETA."""
+  eta = (num_steps - step) * batch_size / max(values["images_per_sec"], 1e-9)
+  shown = {k: values[k] for k in ("loss", "recon", "prior_recon", "kl", "perceptual")}
+  logging.info(
+    "step %d/%d  %s  %.1f img/s  ETA %s",
+    step,
+    num_steps,
+    format_terms(shown),
+    values["images_per_sec"],
+    format_duration(eta),
+  )
+
+
+def print_eval_summary(values: dict, step: int, num_images: int, data_config) -> None:
+  """The table a training run ends with: the model against bicubic on the eval crops."""
+  print(
+    f"\nEvaluation at step {step} on {num_images} "
+    f"{data_config.hr_size}px crops (x{data_config.scale}, RGB in [0,1], vs HR):"
+  )
+  print(f"  {'':8s} {'PSNR (dB)':>10s} {'SSIM':>8s}")
+  print(f"  {'bicubic':8s} {values['bicubic_psnr']:10.2f} {values['bicubic_ssim']:8.4f}")
+  print(f"  {'model':8s} {values['psnr']:10.2f} {values['ssim']:8.4f}")
+  print(
+    f"  {'gain':8s} {values['psnr'] - values['bicubic_psnr']:+10.2f} "
+    f"{values['ssim'] - values['bicubic_ssim']:+8.4f}",
+    flush=True,
+  )

@@ -10,7 +10,6 @@ and step), so rerunning the same command on the same workdir resumes it exactly.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -36,11 +35,10 @@ from percvae_jax import (
   reporting,
 )
 from percvae_jax import config as config_lib
-from percvae_jax.errors import ConfigError, NonFiniteLossError
+from percvae_jax.errors import NonFiniteLossError
 from percvae_jax.models import vae, vgg
 
-# apply_if_finite lets an update through after this many non-finite ones in a row;
-# never, in practice: a skipped step keeps the last good parameters.
+# apply_if_finite's limit of skipped (non-finite) updates in a row: never reached.
 _MAX_CONSECUTIVE_NONFINITE = 2**30
 
 
@@ -74,10 +72,6 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   return optax.apply_if_finite(optax.adam(schedule), _MAX_CONSECUTIVE_NONFINITE)
 
 
-def skipped_steps(opt_state) -> jax.Array:
-  return opt_state.total_notfinite
-
-
 def perceptual_network(config):
   """(VGG16 module, its frozen params) for the configured taps, or (None, None)."""
   if config.loss.gamma == 0:
@@ -102,43 +96,13 @@ def create_train_state(config, model, vgg_params) -> TrainState:
   )
 
 
-def initial_params(config, params):
-  """`params` overwritten by those of `config.train.init_from` where it has them (a
-  released model lacks the posterior, which keeps its fresh initialisation)."""
-  source = config.train.init_from
-  if not source:
-    return params
-  is_workdir = os.path.isdir(source)
-  loaded_config, _, loaded, _ = inference.load_model(
-    workdir=source if is_workdir else None,
-    name=None if is_workdir else source,
-    scale=config.data.scale,
-  )
-  fresh = flax.traverse_util.flatten_dict(params)
-  given = flax.traverse_util.flatten_dict(jax.device_get(loaded))
-  wrong = [k for k in given if k in fresh and given[k].shape != fresh[k].shape]
-  if wrong or not set(given) & set(fresh):
-    raise ConfigError(
-      f"config.train.init_from={source!r} holds a model of another shape (model "
-      f"{loaded_config.model.to_dict()}); give this run the same config.model fields."
-    )
-  logging.info("Starting from the parameters of %s.", source)
-  return flax.traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})
-
-
-def lr_from_hr(hr_uint8, data_config):
-  """The training pair from an HR uint8 batch: float HR in [0,1] and its LR."""
-  hr = hr_uint8.astype(jnp.float32) / 255.0
-  return hr, degradation.degrade(hr, data_config.scale, data_config.blur_sigma)
-
-
 def make_train_step(config, vgg_module):
   """A pure `train_step(state, batch) -> (state, metrics)` for `config`."""
   tap_weights = config_lib.perceptual_taps(config) if vgg_module is not None else ()
   generated = losses.needs_generated(config.loss)
 
   def train_step(state: TrainState, batch):
-    hr, lr = lr_from_hr(batch["hr"], config.data)
+    hr, lr = degradation.lr_from_hr(batch["hr"], config.data)
     rng, latent_key = jax.random.split(state.rng)
 
     def loss_fn(params):
@@ -175,7 +139,7 @@ def make_train_step(config, vgg_module):
       terms,
       grad_norm=grad_norm,
       finite=finite.astype(jnp.float32),
-      skipped_steps=skipped_steps(opt_state),
+      skipped_steps=opt_state.total_notfinite,
     )
     return new_state, terms
 
@@ -196,7 +160,7 @@ def make_eval_step(config, model):
   """`eval_step(params, hr_uint8) -> per-image metrics and images`, latent mean."""
 
   def eval_step(params, hr_uint8):
-    hr, lr = lr_from_hr(hr_uint8, config.data)
+    hr, lr = degradation.lr_from_hr(hr_uint8, config.data)
     sr = degradation.quantize(model.apply({"params": params}, lr, method="generate"))
     bicubic = degradation.quantize(degradation.bicubic_upscale(lr, config.data.scale))
     ours, base = metrics.quality(sr, hr), metrics.quality(bicubic, hr)
@@ -237,20 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if is_writer:  # one process downloads and prepares the dataset; the others read it.
         data.load_split(config.data, "train")
       multihost_utils.sync_global_devices("dataset prepared")
-    train_images = data.load_split(config.data, "train")
-    eval_hr, _ = data.eval_crops(
-      data.load_split(config.data, "eval"),
-      config.data.hr_size,
-      config.data.num_eval_images,
-      config.data.eval_crops_per_image,
-    )
-    logging.info(
-      "%d training images, %d evaluation crops of %d px, %d devices.",
-      len(train_images),
-      len(eval_hr),
-      config.data.hr_size,
-      jax.device_count(),
-    )
+    train_images, eval_hr = data.training_data(config.data)
+    logging.info("Training on %d devices.", jax.device_count())
 
     model = vae.create(config, compute_dtype(config))
     vgg_module, vgg_params = perceptual_network(config)
@@ -262,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if latest is not None:
       logging.info("Resuming from the checkpoint at step %d in %s.", latest, manager.directory)
     elif config.train.init_from:
-      params = jax.device_put(initial_params(config, state.params), parallel.replicated)
+      params = jax.device_put(inference.initial_params(config, state.params), parallel.replicated)
       state = state.replace(params=params, opt_state=state.tx.init(params))
     if is_writer:
       checkpoints.save_config(config, workdir)
@@ -276,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       manager.close()
       reporter.close()
   if last_eval is not None:
-    print_summary(last_eval, config, config.train.num_steps, len(eval_hr))
+    reporting.print_eval_summary(last_eval, config.train.num_steps, len(eval_hr), config.data)
   return state
 
 
@@ -320,28 +272,12 @@ def _loop(
       values = {k: float(v) for k, v in jax.device_get(terms).items() if k != "finite"}
       values["images_per_sec"] = images_per_sec
       reporter.write(step, values)
-      eta = (train.num_steps - step) * train.batch_size / max(images_per_sec, 1e-9)
-      shown = ("loss", "recon", "prior_recon", "kl", "perceptual")
-      logging.info(
-        "step %d/%d  %s  %.1f img/s  ETA %s",
-        step,
-        train.num_steps,
-        reporting.format_terms({k: values[k] for k in shown}),
-        images_per_sec,
-        reporting.format_duration(eta),
-      )
+      reporting.log_progress(step, train.num_steps, values, train.batch_size)
       log_time, log_step = time.perf_counter(), step
     if step % train.eval_every == 0 or last:
       last_eval, images = evaluate(config, state.params, eval_step, eval_hr, parallel)
       reporter.write(step, last_eval, split="eval")
-      reporter.write_images(
-        step,
-        {
-          "eval/lr_sr_hr": reporting.image_grid(
-            [[images[k][i] for k in ("lr", "sr", "hr")] for i in range(min(4, len(eval_hr)))]
-          )
-        },
-      )
+      reporter.write_grid(step, "eval/lr_sr_hr", images, ("lr", "sr", "hr"))
       logging.info("eval at step %d: %s", step, reporting.format_terms(last_eval))
       log_time = time.perf_counter()  # eval time is not training throughput.
     stopping = stop.now(step)
@@ -359,27 +295,6 @@ def _check_finite(config, step: int, terms: dict, manager) -> None:
     return
   values = jax.device_get(terms)
   bad = [k for k, v in values.items() if k != "finite" and not math.isfinite(float(v))]
-  latest = manager.latest_step()
-  raise NonFiniteLossError(
-    f"non-finite loss at step {step}: {', '.join(bad) or 'gradients'} "
-    f"({reporting.format_terms(values)}). The newest checkpoint is step {latest} in "
-    f"{manager.directory}; its numbers are finite, but training may have gone wrong "
-    "before (check the eval lines in metrics.jsonl, and evaluate an earlier step with "
-    "--step). Lower config.train.learning_rate, or set config.train.on_nonfinite=skip "
-    "to skip such steps."
-  )
-
-
-def print_summary(values: dict, config, step: int, num_images: int) -> None:
-  print(
-    f"\nEvaluation at step {step} on {num_images} "
-    f"{config.data.hr_size}px crops (x{config.data.scale}, RGB in [0,1], vs HR):"
-  )
-  print(f"  {'':8s} {'PSNR (dB)':>10s} {'SSIM':>8s}")
-  print(f"  {'bicubic':8s} {values['bicubic_psnr']:10.2f} {values['bicubic_ssim']:8.4f}")
-  print(f"  {'model':8s} {values['psnr']:10.2f} {values['ssim']:8.4f}")
-  print(
-    f"  {'gain':8s} {values['psnr'] - values['bicubic_psnr']:+10.2f} "
-    f"{values['ssim'] - values['bicubic_ssim']:+8.4f}",
-    flush=True,
+  raise NonFiniteLossError.at(
+    step, bad, reporting.format_terms(values), manager.latest_step(), manager.directory
   )

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from percvae_jax import cli, cpu_settings, data, inference
-from percvae_jax.errors import DataError, InferenceError
+from percvae_jax.errors import DataError, InferenceError, ensure_writable_folder
 
 
 def plan_outputs(input_path: str, output_dir: str, samples: int = 0) -> list[tuple[str, str]]:
@@ -66,20 +66,7 @@ def output_names(stem: str, samples: int) -> list[str]:
 
 
 def check_output_dir(output_dir: str) -> None:
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise InferenceError(
-      f"--output={output_dir!r} is a file; pass a folder for the PNGs (it is created if missing)."
-    )
-  try:
-    os.makedirs(output_dir, exist_ok=True)
-  except OSError as e:
-    raise InferenceError(
-      f"cannot create --output={output_dir!r} ({e.strerror}); pass a folder you can write to."
-    ) from None
-  if not os.access(output_dir, os.W_OK):
-    raise InferenceError(
-      f"cannot write to --output={output_dir!r}; pass a folder you can write to."
-    )
+  ensure_writable_folder(output_dir, "--output", InferenceError, " for the PNGs")
 
 
 def save_png(image: np.ndarray, path: str) -> None:

@@ -551,7 +551,7 @@ def stage_peer(worker: Worker) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   import torch_paper  # pylint: disable=g-import-not-at-top
 
-  from percvae_jax import pretrained, train  # pylint: disable=g-import-not-at-top
+  from percvae_jax import degradation, pretrained  # pylint: disable=g-import-not-at-top
 
   sizes, spec = worker.sizes, worker.spec
   cuda = torch.cuda.is_available() and not spec["dry_run"]
@@ -586,7 +586,7 @@ def stage_peer(worker: Worker) -> None:
   for _, batch in jobs:
     if batch not in batches:
       hr = rng.integers(0, 256, (batch, hr_size, hr_size, 3), np.uint8)
-      hr_f, lr = train.lr_from_hr(hr, config.data)  # the package's degradation, on the CPU.
+      hr_f, lr = degradation.lr_from_hr(hr, config.data)  # the package's degradation, on the CPU.
       to_torch = lambda a: torch.from_numpy(
         np.ascontiguousarray(np.asarray(a, np.float32).transpose(0, 3, 1, 2))
       ).to(device)

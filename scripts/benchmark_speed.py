@@ -363,7 +363,7 @@ def worker_pipeline(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from percvae_jax import data, devices, train  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data, degradation, devices  # pylint: disable=g-import-not-at-top
 
   setup_worker(spec, "train")
   sizes, result = spec["sizes"], {}
@@ -389,7 +389,7 @@ def worker_pipeline(spec: dict) -> dict:
   else:
     result["skipped"] = f"{spec['data_dir']} not found: no input pipeline timing."
     hr = np.random.default_rng(0).integers(0, 256, (batch_size, hr_size, hr_size, 3), np.uint8)
-  degrade = jax.jit(lambda batch: train.lr_from_hr(batch, config.data))
+  degrade = jax.jit(lambda batch: degradation.lr_from_hr(batch, config.data))
   device_hr = jax.device_put(hr)
   timing = time_calls(lambda: jax.block_until_ready(degrade(device_hr)), 20, 1)
   result["degradation"] = dict(timing, images_per_s=batch_size / timing["median_s"])
@@ -859,7 +859,7 @@ def table(report: dict) -> str:
     lines.append(f"input pipeline: {pipeline['skipped']}")
   degradation = pipeline["degradation"]
   lines.append(
-    f"{'degradation: train.lr_from_hr, jitted':40s} {'':36s} "
+    f"{'degradation: lr_from_hr, jitted':40s} {'':36s} "
     f"{degradation['median_s']:8.4f} {degradation['cpu_s']:7.3f} {'':6s} "
     f"{'':8s} {degradation['images_per_s']:9.0f} img/s"
   )

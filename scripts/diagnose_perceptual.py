@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from percvae_jax import config as config_lib
-from percvae_jax import data, degradation, inference, losses, pretrained, train
+from percvae_jax import data, degradation, inference, losses, pretrained
 from percvae_jax.models import vae, vgg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     params, step = vae.init_params(model, config, jax.random.PRNGKey(0)), 0
   images = data.read_folders(data.split_folders(args.data_dir), args.hr_size)
   batch = data.TrainBatches(images, args.hr_size, args.batch_size, seed=0).batch(0)
-  hr, lr = train.lr_from_hr(jnp.asarray(batch), config.data)
+  hr, lr = degradation.lr_from_hr(jnp.asarray(batch), config.data)
   vgg_params = pretrained.load_vgg16_params(config.loss.vgg_weights)
   relu3 = vgg.VGG16(taps=("relu3_3",))
   relu3_params = vgg.params_for_taps(vgg_params, ("relu3_3",))

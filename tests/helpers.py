@@ -196,6 +196,13 @@ def main_command(workdir, *flags: str, config: str = "quickstart") -> list[str]:
   ]
 
 
+def run_main(workdir, *flags: str, config: str = "quickstart") -> subprocess.CompletedProcess:
+  """`python -m percvae_jax.main` on configs/<config>.py, as a user runs it."""
+  return run_module(
+    "percvae_jax.main", "--config", str(CONFIGS / f"{config}.py"), f"--workdir={workdir}", *flags
+  )
+
+
 def worker_command(workdir, overrides: dict, *args: str) -> list[str]:
   """tests/workers/train_worker.py on `helpers.tiny_config(**overrides)`."""
   return [

@@ -32,10 +32,7 @@ def run_probe(*args: str, timeout=300, **env: str):
   """tests/workers/cpu_settings_probe.py, on CPU JAX (plus `env`), from the repository
   root."""
   return helpers.run_module(
-    "tests.workers.cpu_settings_probe",
-    *args,
-    timeout=timeout,
-    env=helpers.subprocess_env(**env),
+    "tests.workers.cpu_settings_probe", *args, timeout=timeout, env=helpers.subprocess_env(**env)
   )
 
 

@@ -196,14 +196,7 @@ def test_two_trainings_on_one_workdir_the_second_is_refused_at_once(photo_dirs, 
     assert first.poll() is None, first.communicate()[1][-3000:]
     lines_before = len(helpers.train_lines(workdir))
 
-    second = subprocess.run(
-      helpers.main_command(workdir),
-      cwd=REPO,
-      env=helpers.subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=300,
-    )
+    second = helpers.run_main(workdir)
     line = helpers.assert_one_line_error(
       second, "is in use by another training", f"pid {first.pid} on", codes=(1,)
     )
@@ -580,28 +573,14 @@ def test_convert_vgg16_refuses_a_pth_that_runs_code(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_unknown_config_field_is_one_line(tmp_path):
-  result = subprocess.run(
-    helpers.main_command(tmp_path / "run", "--config.train.nope=1"),
-    cwd=REPO,
-    env=helpers.subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  result = helpers.run_main(tmp_path / "run", "--config.train.nope=1")
   helpers.assert_one_line_error(result, "--config.train.nope", "has no field 'nope'")
   assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_cli_harmful_learning_rate_is_one_line_before_any_work(tmp_path):
-  result = subprocess.run(
-    helpers.main_command(tmp_path / "run", "--config.train.learning_rate=1e9"),
-    cwd=REPO,
-    env=helpers.subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  result = helpers.run_main(tmp_path / "run", "--config.train.learning_rate=1e9")
   helpers.assert_one_line_error(result, "config.train.learning_rate=", "out of range", codes=(1,))
   assert not (tmp_path / "run").exists()
 
@@ -609,14 +588,7 @@ def test_cli_harmful_learning_rate_is_one_line_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_cli_workdir_that_is_a_file_is_one_line(tmp_path):
   (tmp_path / "file").write_text("not a folder")
-  result = subprocess.run(
-    helpers.main_command(tmp_path / "file"),
-    cwd=REPO,
-    env=helpers.subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  result = helpers.run_main(tmp_path / "file")
   helpers.assert_one_line_error(result, "is a file", codes=(1,))
 
 
@@ -628,14 +600,7 @@ def test_cli_read_only_workdir_is_one_line(tmp_path):
   try:
     if os.access(workdir, os.W_OK):
       pytest.skip("this user (root?) can write to a read-only folder")
-    result = subprocess.run(
-      helpers.main_command(workdir),
-      cwd=REPO,
-      env=helpers.subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=300,
-    )
+    result = helpers.run_main(workdir)
     helpers.assert_one_line_error(result, "cannot write to --workdir", codes=(1,))
   finally:
     workdir.chmod(stat.S_IRWXU)

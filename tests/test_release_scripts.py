@@ -1,0 +1,101 @@
+"""The scripts behind the releases and the README's figures: release_model.py writes a
+release only when it scores better, training_curve.py scores every kept checkpoint,
+diagnose_perceptual.py measures each term's gradients. Run on the session's tiny model
+and small generated photos, so they cannot rot."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from percvae_jax import released
+from tests import helpers
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def script(name: str):
+  spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  """Set5/, Set14/ and BSD100/ of two small generated photos each."""
+  root = tmp_path_factory.mktemp("sets")
+  for seed, name in enumerate(("Set5", "Set14", "BSD100")):
+    helpers.write_photos(root / name, count=2, size=64, seed=seed)
+  return root
+
+
+@pytest.mark.slow
+def test_release_model_writes_only_a_better_release(tiny_workdir, data_root, tmp_path, capsys):
+  release_model = script("release_model")
+  root = tmp_path / "released"
+  args = ["--workdir", tiny_workdir, "--name", "x2", "--data-root", str(data_root)]
+  assert release_model.main([*args, "--root", str(root)]) == 0
+  assert released.names(str(root)) == ["x2"]
+  recorded = released.metadata("x2", str(root))
+  assert recorded["criterion"] == "psnr_y" and recorded["step"] == helpers.TINY_STEPS
+  for name in ("Set5", "Set14", "BSD100"):
+    assert math.isfinite(recorded["scores"][name]["psnr_y"])
+  written = (root / "x2" / "params.msgpack").stat().st_mtime_ns
+  # The same model again is not better: refused, the files untouched; --force writes.
+  assert release_model.main([*args, "--root", str(root)]) == 1
+  assert "Not written" in capsys.readouterr().out
+  assert (root / "x2" / "params.msgpack").stat().st_mtime_ns == written
+  assert release_model.main([*args, "--root", str(root), "--force"]) == 0
+
+
+@pytest.mark.slow
+def test_training_curve_scores_each_kept_checkpoint(tiny_workdir, data_root, tmp_path, capsys):
+  output = tmp_path / "curve.json"
+  training_curve = script("training_curve")
+  code = training_curve.main(
+    [
+      "--workdir",
+      tiny_workdir,
+      "--sets",
+      "Set5,BSD100",
+      "--data-root",
+      str(data_root),
+      "--output",
+      str(output),
+    ]
+  )
+  assert code == 0
+  rows = json.loads(output.read_text())
+  assert [r["step"] for r in rows] == [helpers.TINY_STEPS]
+  assert all(math.isfinite(r["Set5"]) and math.isfinite(r["BSD100"]) for r in rows)
+  assert f"| {helpers.TINY_STEPS} |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_diagnose_perceptual_measures_each_term(data_root, tmp_path):
+  output = tmp_path / "diag.json"
+  code = script("diagnose_perceptual").main(
+    [
+      "--data-dir",
+      str(data_root / "Set5"),
+      "--hr-size",
+      "32",
+      "--batch-size",
+      "2",
+      "--weights",
+      "1e-3",
+      "--output",
+      str(output),
+    ]
+  )
+  assert code == 0
+  report = json.loads(output.read_text())
+  features = report["features_at_generated_output"]
+  # The plain relu3_3 MSE dwarfs the pixel MSE; unit-normalised features stay in [0, 4].
+  assert features["relu3_3"]["none"]["ratio_to_pixel_mse"] > 10
+  for tap in features.values():
+    assert 0 <= tap["channel"]["distance"] <= 4
+  assert report["pixel_mse"]["generated"] > 0

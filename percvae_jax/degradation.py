@@ -172,6 +172,25 @@ def project_onto_lr(sr, lr, scale: int, blur_sigma: float):
   )
 
 
+# Rounds of clipping to [0,1] and projecting again in `project_onto_lr_in_range`.
+RANGE_ITERATIONS = 3
+
+
+def project_onto_lr_in_range(sr, lr, scale: int, blur_sigma: float):
+  """`project_onto_lr`, alternated RANGE_ITERATIONS times with clipping to [0,1].
+
+  Alternating projections onto two convex sets (POCS) approach their intersection: the
+  images in [0,1] whose degradation is `lr`. A single projection can leave values
+  outside [0,1] where the model adds strong texture near black or white, and the clip
+  every saved image undergoes then changes its downscale (BSD100 x4 samples: LR-PSNR
+  down to 43 dB after one projection, 56 dB after three more rounds).
+  """
+  x = project_onto_lr(sr, lr, scale, blur_sigma)
+  for _ in range(RANGE_ITERATIONS):
+    x = project_onto_lr(jnp.clip(x, 0.0, 1.0), lr, scale, blur_sigma)
+  return x
+
+
 def bicubic_upscale(lr, scale: int):
   """The bicubic baseline: LR float images upscaled by `scale` (unclipped)."""
   h, w = lr.shape[-3], lr.shape[-2]

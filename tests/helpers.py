@@ -8,6 +8,7 @@ pytest` and pytest's default import mode put the repository root on sys.path.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -33,6 +34,14 @@ def shared_data(*parts: str) -> Path:
   if not path.exists():
     pytest.skip(f"{path} is absent: the real photos live in ../shared/data beside the repo")
   return path
+
+
+def load_script(name: str):
+  """scripts/<name>.py as a module (scripts are not a package)."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def load_config(name: str):

@@ -4,7 +4,6 @@ images) do what they say, and the parallel input pipeline gives the same batches
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,16 +23,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SCRIPTS = REPO / "scripts"
 
 
-def load_script(name: str):
-  spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-  return load_script("benchmark_accelerator")
+  return helpers.load_script("benchmark_accelerator")
 
 
 def needs_shared_data():
@@ -293,7 +285,7 @@ def test_torch_paper_step_learns():
 
 
 def test_packed_evaluation_images_are_lossless(tmp_path):
-  prepare = load_script("prepare_accelerator")
+  prepare = helpers.load_script("prepare_accelerator")
   rng = np.random.default_rng(0)
   smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), np.uint8)).resize((64, 48))
   noisy = np.asarray(smooth) // 2 + rng.integers(0, 128, (48, 64, 3), np.uint8)

@@ -2,18 +2,13 @@
 beside bicubic and those rows, and its refusal of missing data. The benchmark itself
 trains for an hour or more."""
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.helpers import REPO, shared_data
+from tests.helpers import load_script, shared_data
 
-_spec = importlib.util.spec_from_file_location(
-  "benchmark_quality", REPO / "scripts" / "benchmark_quality.py"
-)
-bq = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bq)
+bq = load_script("benchmark_quality")
 
 
 def test_published_rows_are_read_from_the_shared_readme():

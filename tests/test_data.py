@@ -8,6 +8,7 @@ from PIL import Image
 
 from percvae_jax import config as config_lib
 from percvae_jax import data
+from percvae_jax.errors import ConfigError
 from tests import helpers
 from tests.helpers import shared_data, tiny_config
 
@@ -133,11 +134,11 @@ def test_a_missing_folder_in_a_list_is_refused_naming_it(tmp_path):
     data__eval_dir=str(tmp_path / "a"),
   )
   with pytest.raises(
-    config_lib.ConfigError, match=f"config.data.train_dir='{tmp_path / 'b'}' is not a directory"
+    ConfigError, match=f"config.data.train_dir='{tmp_path / 'b'}' is not a directory"
   ):
     config_lib.validate(config, num_devices=1)
   config.data.train_dir = " , "
-  with pytest.raises(config_lib.ConfigError, match="is not a directory"):
+  with pytest.raises(ConfigError, match="is not a directory"):
     config_lib.validate(config, num_devices=1)
 
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from percvae_jax.errors import ConfigError
 from tests import helpers
 from tests.helpers import tiny_config
 
@@ -130,7 +131,7 @@ def test_checkpoint_from_eight_devices_resumes_on_one_and_back(tmp_path):
 def test_batch_not_divisible_by_devices_is_refused_before_compute():
   from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  with pytest.raises(config_lib.ConfigError, match="not divisible by the 8 devices"):
+  with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
     config_lib.validate(tiny_config(train__batch_size=12), num_devices=8)
 
 

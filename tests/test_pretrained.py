@@ -12,7 +12,7 @@ import pytest
 from flax import serialization
 
 from percvae_jax import pretrained
-from percvae_jax.models.vgg import CONV_NAMES, PARAM_SHAPES
+from percvae_jax.models.vgg_layout import CONV_NAMES, PARAM_SHAPES
 from tests import helpers
 
 

@@ -3,24 +3,13 @@ release only when it scores better, training_curve.py scores every kept checkpoi
 diagnose_perceptual.py measures each term's gradients. Run on the session's tiny model
 and small generated photos, so they cannot rot."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from percvae_jax import released
 from tests import helpers
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def script(name: str):
-  spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +23,7 @@ def data_root(tmp_path_factory):
 
 @pytest.mark.slow
 def test_release_model_writes_only_a_better_release(tiny_workdir, data_root, tmp_path, capsys):
-  release_model = script("release_model")
+  release_model = helpers.load_script("release_model")
   root = tmp_path / "released"
   args = ["--workdir", tiny_workdir, "--name", "x2", "--data-root", str(data_root)]
   assert release_model.main([*args, "--root", str(root)]) == 0
@@ -54,7 +43,7 @@ def test_release_model_writes_only_a_better_release(tiny_workdir, data_root, tmp
 @pytest.mark.slow
 def test_training_curve_scores_each_kept_checkpoint(tiny_workdir, data_root, tmp_path, capsys):
   output = tmp_path / "curve.json"
-  training_curve = script("training_curve")
+  training_curve = helpers.load_script("training_curve")
   code = training_curve.main(
     [
       "--workdir",
@@ -77,7 +66,7 @@ def test_training_curve_scores_each_kept_checkpoint(tiny_workdir, data_root, tmp
 @pytest.mark.slow
 def test_diagnose_perceptual_measures_each_term(data_root, tmp_path):
   output = tmp_path / "diag.json"
-  code = script("diagnose_perceptual").main(
+  code = helpers.load_script("diagnose_perceptual").main(
     [
       "--data-dir",
       str(data_root / "Set5"),

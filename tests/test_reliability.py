@@ -10,6 +10,7 @@ import pytest
 
 from percvae_jax import config as config_lib
 from percvae_jax import data, reporting
+from percvae_jax.errors import ConfigError
 from tests import helpers
 from tests.helpers import tiny_config
 
@@ -166,7 +167,7 @@ def test_invalid_config_is_refused_naming_field_and_choices(field, value, expect
   )
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(config_lib.ConfigError) as error:
+  with pytest.raises(ConfigError) as error:
     config_lib.validate(config, num_devices=4)
   assert expected in str(error.value)
   assert f"config.{field}" in str(error.value)

@@ -1,6 +1,5 @@
 """scripts/sweep.py: grid syntax, run names, the dry-run commands, and a real sweep."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,12 +8,10 @@ import sys
 import pytest
 
 from percvae_jax import reporting
-from tests.helpers import REPO
+from tests.helpers import REPO, load_script
 
 SCRIPT = REPO / "scripts" / "sweep.py"
-_spec = importlib.util.spec_from_file_location("sweep", SCRIPT)
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+sweep = load_script("sweep")
 
 CONFIG = str(REPO / "configs" / "default.py")
 TINY = [

@@ -1,6 +1,5 @@
 """VGG16 port: matches a PyTorch VGG16 through the conversion script, tap by tap."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,7 +14,9 @@ from flax import serialization
 
 from percvae_jax import pretrained
 from percvae_jax.models import vgg
-from percvae_jax.models.vgg import CONV_NAMES, PARAM_SHAPES, TAPS, VGG16, params_for_taps
+from percvae_jax.models.vgg import TAPS, VGG16, params_for_taps
+from percvae_jax.models.vgg_layout import CONV_NAMES, PARAM_SHAPES
+from tests import helpers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,11 +140,7 @@ def test_converter_lists_every_missing_and_misshapen_key(tmp_path):
 
 
 def test_converter_without_torch_names_the_install_command(tmp_path, monkeypatch, capsys):
-  spec = importlib.util.spec_from_file_location(
-    "convert_vgg16", REPO_ROOT / "scripts" / "convert_vgg16.py"
-  )
-  converter = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(converter)
+  converter = helpers.load_script("convert_vgg16")
   monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
   checkpoint, output = tmp_path / "vgg16.pth", tmp_path / "out.msgpack"
   exit_code = converter.main(["--torch-checkpoint", str(checkpoint), "--output", str(output)])

@@ -312,7 +312,7 @@ def run(
   grids: int = 4,
   num_images: int = 0,
   tfds_data_dir: str | None = None,
-  tile: int = inference.DEFAULT_TILE,
+  tile: int | None = None,
   samples: int = 0,
   temperature: float = inference.DEFAULT_TEMPERATURE,
   seed: int = 0,
@@ -431,7 +431,10 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer("grids", 4, "Write image grids for the first K images.")
   flags.DEFINE_integer(
-    "tile", inference.DEFAULT_TILE, "LR px on a side of the tiles the model runs on."
+    "tile",
+    None,
+    "LR px on a side of the tiles the model runs on. "
+    f"Default: {inference.KEPT_TILE} plus twice the model's margin (256 for x2, x3, x4).",
   )
   flags.DEFINE_integer(
     "samples",

@@ -27,9 +27,12 @@ from percvae_jax import checkpoints, devices, released
 from percvae_jax.errors import CheckpointError, ConfigError, InferenceError
 from percvae_jax.models import vae
 
-# LR px on a side of each window the model runs on: on 2 CPU cores, 192 to 384 px
-# run at the same speed per pixel; smaller windows pay more for their margins.
-DEFAULT_TILE = 256
+# LR px on a side that each window keeps, past the model's margins: the default tile is
+# KEPT_TILE + 2 * margin (256 for the fidelity models, whose margin is 18 px; 408 for
+# x4-perceptual, whose LR projection reaches 94 px), so no model spends most of a
+# window on its margins. On 2 CPU cores windows of 192 to 384 px run at the same speed
+# per pixel (scripts/benchmark_speed.py --explore).
+KEPT_TILE = 220
 # Samples draw z = mu + temperature * sigma * eps from the prior. Chosen on Set5 x2 by
 # scripts/benchmark_quality.py's CPU budget: at 1.0 samples differ most but lie ~50%
 # further from the HR (LPIPS) than the mean output; at 0.75 they still differ (mean
@@ -68,7 +71,7 @@ class Upscaler:
     model,
     params,
     scale: int,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
   ):
     if not temperature >= 0:
@@ -78,6 +81,7 @@ class Upscaler:
       )
     self.scale = scale
     self.margin = vae.generation_reach(model, params)
+    tile = KEPT_TILE + 2 * self.margin if tile is None else tile
     if tile <= 2 * self.margin:
       raise InferenceError(
         f"--tile={tile} leaves no room inside the {self.margin} px margin this model "
@@ -195,7 +199,7 @@ def load_upscaler(
   name: str | None = None,
   scale: int | None = None,
   step: int | None = None,
-  tile: int = DEFAULT_TILE,
+  tile: int | None = None,
   temperature: float = DEFAULT_TEMPERATURE,
 ):
   """(config, Upscaler, source) for `load_model`'s arguments."""

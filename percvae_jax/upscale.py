@@ -91,7 +91,7 @@ def run(
   scale: int | None = None,
   step: int | None = None,
   samples: int = 0,
-  tile: int = inference.DEFAULT_TILE,
+  tile: int | None = None,
   seed: int = 0,
   temperature: float = inference.DEFAULT_TEMPERATURE,
 ) -> dict:
@@ -164,8 +164,9 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer(
     "tile",
-    inference.DEFAULT_TILE,
-    "LR px on a side of the tiles the model runs on; lower it to use less memory.",
+    None,
+    "LR px on a side of the tiles the model runs on; lower it to use less memory. "
+    f"Default: {inference.KEPT_TILE} plus twice the model's margin (256 for x2, x3, x4).",
   )
 
 

@@ -103,7 +103,7 @@ QUICK = {
   "tile": 64,
   "quickstart_hr": 32,
 }
-TILES_EXPLORED = (128, 192, 256, 384, 512)  # with the package's DEFAULT_TILE.
+TILES_EXPLORED = (128, 192, 256, 384, 512)  # beside the package's default (None).
 
 
 def row(kind, name, setting, quick=False, **options):
@@ -126,11 +126,8 @@ def rows_for(args) -> list[dict]:
     row("train", "default", "package"),
     row("train", "default", "package", gamma0=True),
   ]
-  from percvae_jax import inference  # pylint: disable=g-import-not-at-top
 
-  tiles = args.tiles or (
-    sorted({*TILES_EXPLORED, inference.DEFAULT_TILE}) if args.explore else [inference.DEFAULT_TILE]
-  )
+  tiles = args.tiles or ([None, *TILES_EXPLORED] if args.explore else [None])
   models = args.upscale_models or (
     QUICK["upscale_models"]
     if args.quick
@@ -147,9 +144,7 @@ def rows_for(args) -> list[dict]:
       for name in ("paper", "quickstart")
       if (name, s) != ("paper", "XLA defaults")
     ]
-    rows += [
-      row("upscale", "32x4", s, tile=inference.DEFAULT_TILE) for s in ("Eigen", "YNN, malloc as is")
-    ]
+    rows += [row("upscale", "32x4", s, tile=None) for s in ("Eigen", "YNN, malloc as is")]
   if args.quickstart:
     rows.append(
       row(
@@ -921,7 +916,7 @@ def main(argv=None) -> int:
     "--tiles",
     type=lambda s: [int(t) for t in s.split(",")],
     default=None,
-    help="Upscaling tiles to time, e.g. 192,256,384 (default: the package's DEFAULT_TILE).",
+    help="Upscaling tiles to time, e.g. 192,256,384 (default: the package's own choice).",
   )
   parser.add_argument(
     "--upscale-models",

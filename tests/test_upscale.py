@@ -123,6 +123,19 @@ def test_a_tile_without_room_inside_the_margin_is_refused(tiny_workdir):
     inference.Upscaler(model, params, scale=2, tile=2 * vae.generation_reach(model, params))
 
 
+def test_the_default_tile_keeps_the_same_stretch_whatever_the_models_margin(tiny_workdir):
+  config, model, params, _ = inference.restore_model(tiny_workdir)
+  plain = inference.Upscaler(model, params, scale=2)
+  assert plain.tile == inference.KEPT_TILE + 2 * plain.margin
+  consistent = vae.create(
+    config_lib.from_dict(dict(config.to_dict(), model=dict(config.model, lr_consistent=True)))
+  )
+  projected = inference.Upscaler(consistent, params, scale=2)
+  assert projected.margin > plain.margin  # the LR projection reads further.
+  assert projected.tile - 2 * projected.margin == plain.tile - 2 * plain.margin
+  assert inference.Upscaler(model, params, scale=2, tile=200).tile == 200
+
+
 def test_output_names_mirror_the_input_folder(tmp_path):
   for relative in ("a.jpg", "a.png", "sub/b.bmp", "c.JPEG", "notes.txt"):
     (tmp_path / "in" / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,9 @@ from percvae_jax.models import vae
 # window on its margins. On 2 CPU cores windows of 192 to 384 px run at the same speed
 # per pixel (scripts/benchmark_speed.py --explore).
 KEPT_TILE = 220
-# Samples draw z = mu + temperature * sigma * eps from the prior. Chosen on Set5 x2 by
-# scripts/benchmark_quality.py's CPU budget: at 1.0 samples differ most but lie ~50%
-# further from the HR (LPIPS) than the mean output; at 0.75 they still differ (mean
-# pairwise LPIPS 0.013) and lie within 6% of it; at 0.6 they differ by under 0.01.
+# Samples draw z = mu + temperature * sigma * eps from the prior. At 0.75, x4-perceptual's
+# samples on BSD100 x4 differ by pairwise LPIPS 0.12 and lie within 5% of the mean
+# output's LPIPS to the HR (README, "Samples that explore the SR space").
 DEFAULT_TEMPERATURE = 0.75
 
 

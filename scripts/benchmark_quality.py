@@ -62,7 +62,7 @@ ABLATION = {
   + ["loss.perceptual_layers=relu3_3", "loss.perceptual_weights="],
   "new formulation": [],
 }
-GRID_IMAGES = (("Set5", "butterfly.png"), ("Set14", "baboon.png"), ("BSD100", "8023.png"))
+GRID_IMAGES = (("Set5", "butterfly.png"), ("Set14", "baboon.png"), ("BSD100", "img_002.png"))
 GRID_CROP = 128
 
 

@@ -205,6 +205,16 @@ def main_command(workdir, *flags: str, config: str = "quickstart") -> list[str]:
   ]
 
 
+def folder_overrides(photo_dirs, **extra) -> dict:
+  """Worker config overrides that train on `photo_dirs`'s train/ and eval/ folders."""
+  return {
+    "data__name": "folder",
+    "data__train_dir": str(photo_dirs / "train"),
+    "data__eval_dir": str(photo_dirs / "eval"),
+    **extra,
+  }
+
+
 def run_main(workdir, *flags: str, config: str = "quickstart") -> subprocess.CompletedProcess:
   """`python -m percvae_jax.main` on configs/<config>.py, as a user runs it."""
   return run_module(

@@ -176,14 +176,12 @@ def test_two_trainings_on_one_workdir_the_second_is_refused_at_once(photo_dirs, 
   workdir = tmp_path / "run"
   first = helpers.start_worker(
     workdir,
-    {
-      "data__name": "folder",
-      "data__train_dir": str(photo_dirs / "train"),
-      "data__eval_dir": str(photo_dirs / "eval"),
-      "train__num_steps": 100_000,
-      "train__checkpoint_every": 100_000,
-      "train__eval_every": 100_000,
-    },
+    helpers.folder_overrides(
+      photo_dirs,
+      train__num_steps=100_000,
+      train__checkpoint_every=100_000,
+      train__eval_every=100_000,
+    ),
   )
   try:
     deadline = time.time() + 240
@@ -211,12 +209,7 @@ def test_two_trainings_on_one_workdir_the_second_is_refused_at_once(photo_dirs, 
     assert f"pid {first.pid}" in (workdir / checkpoints.LOCK_FILE).read_text()
     third = helpers.run_worker(
       workdir,
-      {
-        "data__name": "folder",
-        "data__train_dir": str(photo_dirs / "train"),
-        "data__eval_dir": str(photo_dirs / "eval"),
-        "train__num_steps": 2,
-      },
+      helpers.folder_overrides(photo_dirs, train__num_steps=2),
     )
     assert third.returncode == 0, third.stderr[-3000:]
   finally:

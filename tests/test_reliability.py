@@ -16,17 +16,13 @@ from tests.helpers import tiny_config
 
 
 def overrides(photo_dirs, **extra):
-  base = {
-    "data__name": "folder",
-    "data__train_dir": str(photo_dirs / "train"),
-    "data__eval_dir": str(photo_dirs / "eval"),
-    "train__num_steps": 8,
-    "train__checkpoint_every": 2,
-    "train__eval_every": 2,
-    "train__lr_schedule": "constant",
-  }
-  base.update(extra)
-  return base
+  short = dict(
+    train__num_steps=8,
+    train__checkpoint_every=2,
+    train__eval_every=2,
+    train__lr_schedule="constant",
+  )
+  return helpers.folder_overrides(photo_dirs, **{**short, **extra})
 
 
 final_params = helpers.restored

@@ -1,6 +1,7 @@
 """Fixtures only; the shared helpers live in tests/helpers.py."""
 
 import os
+import stat
 
 import pytest
 
@@ -43,3 +44,17 @@ def photo_dirs(tmp_path_factory):
   helpers.write_photos(root / "train", seed=0)
   helpers.write_photos(root / "eval", seed=1)
   return root
+
+
+@pytest.fixture
+def read_only_workdir(tmp_path):
+  """A folder this process cannot write to (the test skips where it can: root)."""
+  workdir = tmp_path / "read_only"
+  workdir.mkdir()
+  workdir.chmod(stat.S_IRUSR | stat.S_IXUSR)
+  try:
+    if os.access(workdir, os.W_OK):
+      pytest.skip("this user (root?) can write to a read-only folder")
+    yield workdir
+  finally:
+    workdir.chmod(stat.S_IRWXU)

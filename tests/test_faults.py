@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -488,17 +487,9 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     train.train_and_evaluate(tiny_config(), str(tmp_path / "file"))
 
 
-def test_a_read_only_workdir_is_refused(tmp_path):
-  workdir = tmp_path / "read_only"
-  workdir.mkdir()
-  workdir.chmod(stat.S_IRUSR | stat.S_IXUSR)
-  try:
-    if os.access(workdir, os.W_OK):
-      pytest.skip("this user (root?) can write to a read-only folder")
-    with pytest.raises(CheckpointError, match="cannot write to --workdir"):
-      train.train_and_evaluate(tiny_config(), str(workdir))
-  finally:
-    workdir.chmod(stat.S_IRWXU)
+def test_a_read_only_workdir_is_refused(read_only_workdir):
+  with pytest.raises(CheckpointError, match="cannot write to --workdir"):
+    train.train_and_evaluate(tiny_config(), str(read_only_workdir))
 
 
 def test_upscale_output_that_is_a_file_is_refused_before_loading_a_model(tmp_path, monkeypatch):
@@ -586,17 +577,9 @@ def test_cli_workdir_that_is_a_file_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_read_only_workdir_is_one_line(tmp_path):
-  workdir = tmp_path / "read_only"
-  workdir.mkdir()
-  workdir.chmod(stat.S_IRUSR | stat.S_IXUSR)
-  try:
-    if os.access(workdir, os.W_OK):
-      pytest.skip("this user (root?) can write to a read-only folder")
-    result = helpers.run_main(workdir)
-    helpers.assert_one_line_error(result, "cannot write to --workdir", codes=(1,))
-  finally:
-    workdir.chmod(stat.S_IRWXU)
+def test_cli_read_only_workdir_is_one_line(read_only_workdir):
+  result = helpers.run_main(read_only_workdir)
+  helpers.assert_one_line_error(result, "cannot write to --workdir", codes=(1,))
 
 
 @pytest.mark.slow

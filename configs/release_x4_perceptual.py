@@ -22,6 +22,9 @@ steps; jax 0.10.2), classic protocol, Y-PSNR / SSIM / LPIPS (AlexNet) / LR-PSNR:
   BSD100 26.84 / 0.7042 / 0.294 / 71.8
   (x4: LPIPS 0.182, 0.297, 0.393, so 0.70x, 0.74x, 0.75x of it; Y-PSNR 0.3-0.5 dB
   below x4's; Johnson et al. 27.09, 24.99, 24.95 dB).
+It was trained with direct VGG16 convolutions, before loss.vgg_convolution=auto chose
+Winograd's on CPUs (the same features to ~1e-5, faster): add
+--config.loss.vgg_convolution=direct to repeat its arithmetic exactly.
 """
 
 from percvae_jax import config as config_lib

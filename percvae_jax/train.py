@@ -78,7 +78,8 @@ def perceptual_network(config):
     return None, None
   taps = [t for t, _ in config_lib.perceptual_taps(config)]
   params = vgg.params_for_taps(pretrained.load_vgg16_params(config.loss.vgg_weights), taps)
-  return vgg.VGG16(taps=tuple(taps), dtype=compute_dtype(config)), params
+  winograd = config_lib.vgg_winograd(config, jax.default_backend())
+  return vgg.VGG16(taps=tuple(taps), dtype=compute_dtype(config), winograd=winograd), params
 
 
 def create_train_state(config, model, vgg_params) -> TrainState:
@@ -206,6 +207,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     model = vae.create(config, compute_dtype(config))
     vgg_module, vgg_params = perceptual_network(config)
+    if vgg_module is not None:
+      logging.info(
+        "Perceptual VGG16: %s convolutions (loss.vgg_convolution=%s).",
+        "Winograd F(4x4,3x3) from block 2" if vgg_module.winograd else "direct",
+        config.loss.vgg_convolution,
+      )
     state = jax.device_put(create_train_state(config, model, vgg_params), parallel.replicated)
     manager = checkpoints.manager(workdir, config.train.keep_checkpoints)
     reporter = reporting.Reporter(workdir, enabled=is_writer)

@@ -6,6 +6,8 @@ JAX train steps against the PyTorch original, the input pipeline, upscaling to a
   python scripts/benchmark_speed.py --isa avx2 --output avx2.json    # as without AVX-512
   python scripts/benchmark_speed.py --quickstart --output q.json     # + the quickstart (~5 min)
   python scripts/benchmark_speed.py --explore --output e.json        # + each setting apart
+  python scripts/benchmark_speed.py --layers --only layers --output l.json   # per VGG16 conv
+  python scripts/benchmark_speed.py --compute-dtype bfloat16 --only train:paper,torch  # bfloat16
   python scripts/benchmark_speed.py --quick --output smoke.json      # smoke test, tiny sizes
 
 Every table starts with the machine: CPU model, instruction sets (AVX2, AVX-512, AMX),
@@ -23,6 +25,16 @@ name the XLA convolution library (YNN: XLA:CPU's YNNPACK fusions, its default; E
 `scripts/torch_paper.py` builds its step: default (NCHW), channels_last, and
 channels_last with the same malloc tuning; the JAX paper step is compared with the
 fastest of them.
+
+GFLOP/s count a step's work as direct convolutions do (XLA's count of the same step
+with direct convolutions), whichever algorithm runs (the perceptual VGG16's Winograd
+convolutions do fewer multiplies), and PyTorch's paper step is counted with the JAX
+step's count: so rates compare across algorithms and libraries. The first rows are the
+float32 rates this CPU reaches on one large matmul (XLA's dot, the package's settings;
+numpy's BLAS), the densest work there is. Against the fastest of these, the summary
+gives the share each paper step reaches and the most a step of direct convolutions
+could gain on PyTorch's fastest, every FLOP at that rate: past it, only fewer
+multiplies go faster.
 
 --isa avx2, on a CPU with AVX-512: everything as on a CPU with AVX2 but no AVX-512
 (an emulation, and reported as one): XLA generates code for AVX2 at most
@@ -92,6 +104,7 @@ FULL = {
   "upscale_models": ("32x4",),
   "tile": None,
   "quickstart_hr": None,
+  "matmul": 4096,
 }
 QUICK = {
   "hr_size": 32,
@@ -102,8 +115,13 @@ QUICK = {
   "upscale_models": ("8x2",),
   "tile": 64,
   "quickstart_hr": 32,
+  "matmul": 256,
 }
 TILES_EXPLORED = (128, 192, 256, 384, 512)  # beside the package's default (None).
+
+
+def runs_torch(item: dict) -> bool:
+  return item["setting"].startswith("torch")
 
 
 def row(kind, name, setting, quick=False, **options):
@@ -114,7 +132,9 @@ def row(kind, name, setting, quick=False, **options):
 
 def rows_for(args) -> list[dict]:
   """The rows of this run, in the order they run (JAX and PyTorch interleaved)."""
-  rows = [row("train", "paper", "package", quick=True)]
+  # The matmul rate first: what the paper step's rate is measured against.
+  rows = [row("matmul", "float32", "package", quick=True)]
+  rows += [row("train", "paper", "package", quick=True)]
   rows += [
     row("torch", "paper", s, quick=s.endswith("tuning"))
     for s in ("torch default", "torch channels_last", "torch channels_last + malloc tuning")
@@ -145,6 +165,11 @@ def rows_for(args) -> list[dict]:
       if (name, s) != ("paper", "XLA defaults")
     ]
     rows += [row("upscale", "32x4", s, tile=None) for s in ("Eigen", "YNN, malloc as is")]
+  if args.layers or args.explore:
+    rows += [
+      row("layers", "VGG16 to relu3_3", s, quick=True)
+      for s in ("package", "torch channels_last + malloc tuning")
+    ]
   if args.quickstart:
     rows.append(
       row(
@@ -297,7 +322,7 @@ def setup_worker(spec: dict, task: str):
 
   setting = SETTINGS[spec["row"]["setting"]]
   native = cpu_settings.detect()
-  if spec["isa"] == "avx2" and spec["row"]["kind"] != "torch" and "avx512f" in native.flags:
+  if spec["isa"] == "avx2" and not runs_torch(spec["row"]) and "avx512f" in native.flags:
     hide_avx512_from_ynnpack(native.flags)
   if setting.get("package"):
     return cpu_settings.apply(task, emulated_cpu(native, spec["isa"]))
@@ -393,6 +418,13 @@ def worker_pipeline(spec: dict) -> dict:
   return result
 
 
+def executable_flops(compiled) -> float:
+  """XLA's count of the floating-point operations of one call."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
 def worker_train(spec: dict) -> dict:
   """One config's train step as `train.train_and_evaluate` runs it (`jit_train_step`
   over the data-parallel mesh, the state donated), on one HR batch in memory."""
@@ -405,6 +437,7 @@ def worker_train(spec: dict) -> dict:
   from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
 
   config = load_config(item["name"], spec["sizes"])
+  config.train.compute_dtype = spec["compute_dtype"]
   if item.get("gamma0"):
     config.loss.gamma = 0.0
   batch_size, hr_size = config.train.batch_size, config.data.hr_size
@@ -420,9 +453,13 @@ def worker_train(spec: dict) -> dict:
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  flops = float((cost or {}).get("flops", 0.0))
+  flops = executable_flops(compiled)
+  # The rates count the step's work as direct convolutions do (what PyTorch computes),
+  # whichever algorithm runs: XLA's count of the same step with direct convolutions.
+  direct_flops = flops
+  if vgg_module is not None and vgg_module.winograd:
+    direct = train.jit_train_step(config, vgg_module.clone(winograd=False), parallel)
+    direct_flops = executable_flops(direct.lower(state, batch).compile())
   hlo = compiled.as_text()
   holder, losses = {"state": state}, []
 
@@ -437,14 +474,42 @@ def worker_train(spec: dict) -> dict:
     first_loss=losses[0],
     images_per_s=batch_size / timing["median_s"],
     images_per_cpu_s=batch_size / timing["cpu_s"],
-    gflop_per_step=flops / 1e9,
-    gflop_per_s=flops / 1e9 / timing["median_s"],
+    gflop_per_step=direct_flops / 1e9,
+    gflop_per_s=direct_flops / 1e9 / timing["median_s"],
+    gflop_executed_per_step=flops / 1e9,
+    vgg_winograd=bool(vgg_module is not None and vgg_module.winograd),
     peak_rss_gb=peak_rss_gb(),
     ynn_fusions=hlo.count('"__ynn_fusion"'),
     batch_size=batch_size,
     hr_size=hr_size,
     **worker_facts(choice),
   )
+
+
+def worker_matmul(spec: dict) -> dict:
+  """The float32 rates this CPU reaches on the densest work there is, one n x n x n
+  matmul: XLA's dot (the package's train settings) and numpy's BLAS (OpenBLAS limited
+  to AVX2 kernels under --isa avx2; other BLAS libraries only natively)."""
+  choice = setup_worker(spec, "train")
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  n = spec["sizes"]["matmul"]
+  a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  timing = time_calls(lambda: jax.block_until_ready(matmul(a, b)), spec["steps"], spec["warmup"])
+  result = dict(timing, n=n, gflop_per_s=2 * n**3 / 1e9 / timing["median_s"])
+  blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+  if spec["isa"] == "native" or "openblas" in blas:
+    a, b = np.asarray(a), np.asarray(b)
+    numpy_timing = time_calls(lambda: a @ b, spec["steps"], spec["warmup"])
+    result["blas"] = {
+      "library": blas,
+      "coretype": os.environ.get("OPENBLAS_CORETYPE"),
+      "gflop_per_s": 2 * n**3 / 1e9 / numpy_timing["median_s"],
+    }
+  return dict(result, peak_rss_gb=peak_rss_gb(), **worker_facts(choice))
 
 
 def worker_facts(choice) -> dict:
@@ -480,6 +545,7 @@ def worker_torch(spec: dict) -> dict:
     hr_size=hr.shape[-1],
     scale=hr.shape[-1] // lr.shape[-1],
     channels_last=setting.get("channels_last", False),
+    dtype=spec["compute_dtype"],
   )
   losses = []
   timing = time_calls(
@@ -600,7 +666,89 @@ def worker_quickstart(spec: dict) -> dict:
   }
 
 
+def vgg_layers(hr_size: int) -> list[dict]:
+  """The convolutions of VGG16 to relu3_3 (the paper's tap) on hr_size px inputs."""
+  from percvae_jax.models import vgg_layout  # pylint: disable=g-import-not-at-top
+
+  return [
+    dict(layer=name, side=hr_size >> (block - 1), c_in=c_in, c_out=c_out)
+    for name, block, c_in, c_out in vgg_layout.conv_layout()
+    if block <= 3
+  ]
+
+
+def time_torch_layer(x, kernel, cotangent, steps: int, warmup: int) -> dict:
+  """PyTorch's (channels_last) forward and input-gradient seconds for one convolution."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  c_in, c_out = kernel.shape[2:]
+  conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).requires_grad_(False)
+  conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+  conv = conv.to(memory_format=torch.channels_last)
+  nhwc = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # channels_last memory.
+  x, cotangent = nhwc(x), nhwc(cotangent)
+  x_grad = x.clone().requires_grad_(True)
+  with torch.no_grad():
+    forward = time_calls(lambda: conv(x), steps, warmup)["median_s"]
+  both = time_calls(lambda: torch.autograd.grad(conv(x_grad), x_grad, cotangent), steps, warmup)
+  return {"forward_s": forward, "input_gradient_s": max(both["median_s"] - forward, 0.0)}
+
+
+def time_xla_layer(fn, x, kernel, cotangent, steps: int, warmup: int) -> dict:
+  """XLA's forward and input-gradient seconds for one convolution `fn(x, kernel)`."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  forward = jax.jit(fn)
+  gradient = jax.jit(lambda x, k, ct: jax.vjp(lambda x: fn(x, k), x)[1](ct)[0])
+  return {
+    "forward_s": time_calls(lambda: jax.block_until_ready(forward(x, kernel)), steps, warmup)[
+      "median_s"
+    ],
+    "input_gradient_s": time_calls(
+      lambda: jax.block_until_ready(gradient(x, kernel, cotangent)), steps, warmup
+    )["median_s"],
+  }
+
+
+def worker_layers(spec: dict) -> dict:
+  """Each convolution of VGG16 to relu3_3 at the paper step's batch: forward and input
+  gradient (what the perceptual term needs) by XLA's direct convolution and by the
+  package's Winograd F(4x4, 3x3) (models/winograd.py), or by PyTorch (channels_last)
+  for a torch setting."""
+  setup_worker(spec, "train")
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  batch, timing = spec["sizes"]["batch_size"], (spec["steps"], spec["warmup"])
+  layers, rng = vgg_layers(spec["sizes"]["hr_size"]), np.random.default_rng(0)
+  if runs_torch(spec["row"]):
+    import torch  # pylint: disable=g-import-not-at-top
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from percvae_jax.models import winograd  # pylint: disable=g-import-not-at-top
+  for layer in layers:
+    side, c_in, c_out = layer["side"], layer["c_in"], layer["c_out"]
+    x = rng.standard_normal((batch, side, side, c_in), np.float32)
+    kernel = (rng.standard_normal((3, 3, c_in, c_out)) * (2 / (9 * c_in)) ** 0.5).astype(np.float32)
+    cotangent = rng.standard_normal((batch, side, side, c_out), np.float32)
+    layer["gflop"] = 2 * batch * side * side * 9 * c_in * c_out / 1e9
+    if runs_torch(spec["row"]):
+      layer.update(time_torch_layer(x, kernel, cotangent, *timing))
+      continue
+    layer.update(time_xla_layer(winograd.direct_conv3x3, x, kernel, cotangent, *timing))
+    timed = time_xla_layer(winograd.conv3x3, x, kernel, cotangent, *timing)
+    layer.update({f"winograd_{k}": v for k, v in timed.items()})
+    reference = np.asarray(jax.jit(winograd.direct_conv3x3)(x, kernel))
+    error = np.abs(np.asarray(jax.jit(winograd.conv3x3)(x, kernel)) - reference).max()
+    layer["winograd_relative_error"] = float(error / np.abs(reference).max())
+  return {"layers": layers, "batch_size": batch, "peak_rss_gb": peak_rss_gb()}
+
+
 WORKERS = {
+  "layers": worker_layers,
+  "matmul": worker_matmul,
   "pipeline": worker_pipeline,
   "train": worker_train,
   "torch": worker_torch,
@@ -616,12 +764,16 @@ def environment(item: dict, isa: str) -> dict:
   """The environment of a row's process: its XLA flags, the emulation's variables."""
   env = dict(os.environ)
   flags = [env.get("XLA_FLAGS", "").strip()]
-  if isa == "avx2" and item["kind"] != "torch":
+  if isa == "avx2" and not runs_torch(item):
     flags.append(XLA_AVX2)
   flags += [f"--{k}={v}" for k, v in SETTINGS[item["setting"]].get("xla", {}).items()]
   env["XLA_FLAGS"] = " ".join(f for f in flags if f)
-  if isa == "avx2" and item["kind"] == "torch":
+  if isa == "avx2" and runs_torch(item):
     env.update(TORCH_ENV_AVX2)
+  if isa == "avx2" and item["kind"] == "matmul":  # OpenBLAS's AVX2 kernels for this vendor.
+    from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+
+    env["OPENBLAS_CORETYPE"] = "Zen" if "AMD" in cpu_settings.detect().model else "Haswell"
   return env
 
 
@@ -650,6 +802,8 @@ def spawn(item: dict, spec: dict) -> dict:
 
 
 def label(item: dict) -> str:
+  if item["kind"] == "matmul":
+    return f"{item['name']} matmul, XLA dot"
   if item["kind"] == "upscale":
     return f"upscale x2 {item['name']}, tile {item.get('tile') or 'default'}"
   if item["kind"] == "quickstart":
@@ -726,6 +880,10 @@ def machine_lines(report: dict) -> list[str]:
       "YNNPACK without AVX-512/AMX, PyTorch ATEN_CPU_CAPABILITY=avx2 "
       "ONEDNN_MAX_CPU_ISA=AVX2); same microarchitecture."
     )
+  if report.get("compute_dtype", "float32") != "float32":
+    lines.append(
+      f"train steps in {report['compute_dtype']} (JAX: train.compute_dtype; PyTorch: autocast)."
+    )
   flags = {
     t: " ".join(f"--{k}={v}" for k, v in f.items()) or "XLA's defaults"
     for t, f in m["package_settings"].items()
@@ -737,6 +895,33 @@ def machine_lines(report: dict) -> list[str]:
   return lines
 
 
+def jax_paper(report: dict):
+  return next(
+    (r for r in report["train"] if r["name"] == "paper" and r["setting"] == "package"), None
+  )
+
+
+def torch_gflop_per_s(report: dict, torch_row: dict):
+  """A PyTorch row's rate, counting the JAX paper step's FLOPs (XLA's count of the same
+  model and loss); None without that row."""
+  paper = jax_paper(report)
+  return paper["gflop_per_step"] / torch_row["median_s"] if paper else None
+
+
+def measured_rates(report: dict) -> dict:
+  """The float32 rates measured in this run, by what reached them: the matmuls, and
+  PyTorch's fastest paper step (the JAX step's FLOPs over its time)."""
+  rates = {}
+  for m in report["matmul"]:
+    rates[f"matmul {m['n']}^3, XLA dot"] = m["gflop_per_s"]
+    if "blas" in m:
+      rates[f"matmul {m['n']}^3, numpy ({m['blas']['library']})"] = m["blas"]["gflop_per_s"]
+  best = torch_best(report)
+  if best and jax_paper(report):
+    rates[f"paper step, PyTorch {best['setting']}"] = torch_gflop_per_s(report, best)
+  return rates
+
+
 def torch_best(report: dict):
   return max(report["torch"], key=lambda r: r["images_per_s"], default=None)
 
@@ -744,9 +929,7 @@ def torch_best(report: dict):
 def summarize(report: dict) -> dict:
   """The figures the targets are stated in."""
   summary = {}
-  paper = next(
-    (r for r in report["train"] if r["name"] == "paper" and r["setting"] == "package"), None
-  )
+  paper = jax_paper(report)
   best = torch_best(report)
   if paper and best:
     summary[f"JAX paper step (package) / PyTorch's fastest ({best['setting']}), images/s"] = {
@@ -759,6 +942,22 @@ def summarize(report: dict) -> dict:
           "wall": paper["images_per_s"] / r["images_per_s"],
           "cpu": paper["images_per_cpu_s"] / r["images_per_cpu_s"],
         }
+  if paper and report["matmul"]:
+    rates = measured_rates(report)
+    summary.update({f"float32 rate, {k}, GFLOP/s": v for k, v in rates.items()})
+    fastest = max(rates.values())
+    summary["JAX paper step, share of the fastest float32 rate measured"] = (
+      paper["gflop_per_s"] / fastest
+    )
+    if best:
+      summary[f"PyTorch's fastest ({best['setting']}), share of the fastest rate"] = (
+        torch_gflop_per_s(report, best) / fastest
+      )
+      # Every FLOP at the fastest rate measured here: the most direct convolution gives.
+      floor_s = paper["gflop_per_step"] / fastest
+      summary[
+        "direct convolutions / PyTorch's fastest, at most (every FLOP at the fastest rate)"
+      ] = best["median_s"] / floor_s
   full = next(
     (
       r
@@ -788,6 +987,14 @@ def summarize(report: dict) -> dict:
   for q in report["quickstart"]:
     summary["quickstart, s from start to end (process)"] = q["process_s"] - q["emulation_setup_s"]
     summary["quickstart, dB over bicubic"] = q["gain_db"]
+  for r in report.get("layers", []):
+    for library, prefix in layer_libraries(r):
+      summary[
+        f"VGG16 convolutions of one paper step (2 forward + 1 input gradient), s, {library}"
+      ] = sum(
+        2 * layer[f"{prefix}forward_s"] + layer[f"{prefix}input_gradient_s"]
+        for layer in r["layers"]
+      )
   crops = report["pipeline"].get("crops")
   steps = [r for r in report["train"] if not r.get("gamma0")]
   if crops and steps:
@@ -810,17 +1017,38 @@ def table(report: dict) -> str:
     ),
   ]
   best = torch_best(report)
+  for r in report["matmul"]:
+    what = f"float32 matmul {r['n']}^3, XLA dot"
+    lines.append(
+      f"{what:40s} {r['setting']:36s} {r['median_s']:8.3f} {r['cpu_s']:7.2f} "
+      f"{r['sys_s']:6.2f} {r['faults']:8.0f} {'':15s} {r['gflop_per_s']:7.0f}"
+    )
+    if "blas" in r:
+      what = f"float32 matmul {r['n']}^3, numpy"
+      library = r["blas"]["library"] + (
+        f", OPENBLAS_CORETYPE={r['blas']['coretype']}" if r["blas"]["coretype"] else ""
+      )
+      lines.append(
+        f"{what:40s} {library:36s} {'':8s} {'':7s} {'':6s} {'':8s} {'':15s} "
+        f"{r['blas']['gflop_per_s']:7.0f}"
+      )
   for r in report["train"] + report["torch"]:
     ratio = (
       f"{r['images_per_s'] / best['images_per_s']:7.2f}x" if best and r["name"] == "paper" else ""
     )
-    gflops = f"{r['gflop_per_s']:7.0f}" if "gflop_per_s" in r else f"{'':7s}"
+    rate = r.get("gflop_per_s") or (r["kind"] == "torch" and torch_gflop_per_s(report, r))
+    gflops = f"{rate:7.0f}" if rate else f"{'':7s}"
     compile_s = f"{r['compile_s']:7.1f}" if "compile_s" in r else f"{'':7s}"
     lines.append(
       f"{label(r):40s} {r['setting']:36s} {r['median_s']:8.3f} "
       f"{r['cpu_s']:7.2f} {r['sys_s']:6.2f} {r['faults']:8.0f} "
       f"{r['images_per_s']:9.1f} img/s {gflops} {compile_s} {r['peak_rss_gb']:6.2f} "
       f"{ratio:>8s}"
+    )
+  if report["torch"] and jax_paper(report):
+    lines.append(
+      "  (GFLOP/s: each step's work counted as direct convolutions do, PyTorch's by the JAX "
+      "paper step's count.)"
     )
   for r in report["upscale"]:
     what = (
@@ -852,6 +1080,8 @@ def table(report: dict) -> str:
     )
   else:
     lines.append(f"input pipeline: {pipeline['skipped']}")
+  if report.get("layers"):
+    lines += ["", *layers_table(report)]
   degradation = pipeline["degradation"]
   lines.append(
     f"{'degradation: lr_from_hr, jitted':40s} {'':36s} "
@@ -861,10 +1091,57 @@ def table(report: dict) -> str:
   return "\n".join(lines)
 
 
+def layer_libraries(r: dict) -> list[tuple[str, str]]:
+  """(library, key prefix) of what a "layers" row timed."""
+  if runs_torch(r):
+    return [("PyTorch channels_last", "")]
+  return [("XLA direct", ""), ("XLA Winograd F(4x4,3x3)", "winograd_")]
+
+
+def layers_table(report: dict) -> list[str]:
+  """Per VGG16 convolution: ms of the forward pass / of the input gradient, by library."""
+  columns = [(r, lib, prefix) for r in report["layers"] for lib, prefix in layer_libraries(r)]
+  batch = report["layers"][0]["batch_size"]
+  lines = [
+    f"VGG16 convolutions at batch {batch}, ms forward / input gradient (GFLOP/s of the pair):",
+    f"{'layer':8s} {'side':>4s} {'in->out':>8s} {'GFLOP':>6s} "
+    + " ".join(f"{lib:>26s}" for _, lib, _ in columns),
+  ]
+  for i, layer in enumerate(report["layers"][0]["layers"]):
+    cells = []
+    for r, _, prefix in columns:
+      timed = r["layers"][i]
+      forward, gradient = timed[f"{prefix}forward_s"], timed[f"{prefix}input_gradient_s"]
+      rate = 2 * timed["gflop"] / (forward + gradient)
+      cells.append(f"{1e3 * forward:7.0f} / {1e3 * gradient:6.0f} ({rate:4.0f})")
+    lines.append(
+      f"{layer['layer']:8s} {layer['side']:4d} {layer['c_in']:>3d}->{layer['c_out']:<4d} "
+      f"{layer['gflop']:6.1f} " + " ".join(f"{c:>26s}" for c in cells)
+    )
+  errors = [
+    layer["winograd_relative_error"]
+    for r in report["layers"]
+    if not runs_torch(r)
+    for layer in r["layers"]
+  ]
+  if errors:
+    lines.append(f"Winograd's largest error, relative to the largest output: {max(errors):.1e}.")
+  return lines
+
+
 def format_value(value) -> str:
   if isinstance(value, dict):
     return f"{value['wall']:.2f} (by CPU time {value['cpu']:.2f})"
   return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def selected(item: dict, only) -> bool:
+  """Whether --only keeps this row; the matmul rate comes with any paper row."""
+  if not only:
+    return True
+  if item["kind"] == "matmul":
+    return any(k in only for k in ("train", "torch", "train:paper", "torch:paper"))
+  return item["kind"] in only or f"{item['kind']}:{item['name']}" in only
 
 
 def main(argv=None) -> int:
@@ -901,6 +1178,11 @@ def main(argv=None) -> int:
     help="Also each setting apart, tiles 128-512 and a 48x6 model.",
   )
   parser.add_argument(
+    "--layers",
+    action="store_true",
+    help="Also each VGG16 convolution of the paper step: XLA direct, XLA Winograd, PyTorch.",
+  )
+  parser.add_argument(
     "--quickstart",
     action="store_true",
     help="Also run README's command 1 (configs/quickstart.py) to its end.",
@@ -931,6 +1213,12 @@ def main(argv=None) -> int:
     help="Only these rows: kinds (train,torch,upscale,quickstart) or "
     "KIND:NAME (e.g. train:paper,torch).",
   )
+  parser.add_argument(
+    "--compute-dtype",
+    default="float32",
+    choices=("float32", "bfloat16"),
+    help="The train steps' compute dtype (train.compute_dtype; PyTorch's autocast).",
+  )
   parser.add_argument("--data-dir", default=DATA_DIR, help="Photos for the input pipeline.")
   parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
   parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -960,11 +1248,7 @@ def main(argv=None) -> int:
     )
   steps = args.steps or (2 if args.quick else 5)
   warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-  items = [
-    r
-    for r in rows_for(args)
-    if not args.only or r["kind"] in args.only or f"{r['kind']}:{r['name']}" in args.only
-  ]
+  items = [r for r in rows_for(args) if selected(r, args.only)]
   if not importlib.util.find_spec("torch"):
     print("PyTorch is not installed: no PyTorch rows (pip install 'percvae_jax[test]').")
     items = [r for r in items if r["kind"] != "torch"]
@@ -975,6 +1259,7 @@ def main(argv=None) -> int:
     "warmup": warmup,
     "rounds": args.rounds,
     "settings": SETTINGS,
+    "compute_dtype": args.compute_dtype,
   }
   print("\n".join(machine_lines(report)), flush=True)
   with tempfile.TemporaryDirectory() as tmp:
@@ -985,6 +1270,7 @@ def main(argv=None) -> int:
       "warmup": warmup,
       "data_dir": args.data_dir,
       "isa": args.isa,
+      "compute_dtype": args.compute_dtype,
     }
     report["pipeline"] = spawn(row("pipeline", "pipeline", "XLA defaults"), spec)
     if "skipped" in report["pipeline"]:
@@ -993,7 +1279,7 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
       for i, item in enumerate(items):
         results[i].append(spawn(item, spec))
-  report.update(train=[], torch=[], upscale=[], quickstart=[])
+  report.update(matmul=[], train=[], torch=[], upscale=[], quickstart=[], layers=[])
   for i, item in enumerate(items):
     report[item["kind"]].append(dict(item, **combine(results[i])))
   report["machine"]["load_average_end"] = os.getloadavg()[0]

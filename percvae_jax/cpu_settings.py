@@ -20,11 +20,14 @@ What it chooses, and why (scripts/benchmark_speed.py measures each; README, Spee
   (M_TRIM_THRESHOLD=-1), one arena (M_ARENA_MAX=1: a block freed by one thread serves
   the next step's request from another). After the first steps no page faults remain;
   the cost is that the process keeps its peak heap until it exits.
-- convolutions, for training: XLA's YNNPACK fusions (its default) with AVX-512 (their
-  AVX-512 kernels win); XLA's Eigen convolutions on CPUs with AVX2 but no AVX-512
-  (YNNPACK's AVX2 kernels lose to them on the train steps' convolutions). For
-  inference (upscale, evaluate) the YNNPACK fusions win on both, so XLA keeps its
-  default. Other CPUs (without AVX2, or not x86) keep XLA's defaults: not measured.
+- convolutions, for training: XLA's Eigen convolutions and dots, not its YNNPACK
+  fusions (XLA's default), on x86 CPUs with AVX2 or AVX-512. The train steps are
+  1.07x (paper, with the perceptual VGG16's Winograd convolutions), 1.17x (quickstart)
+  and 1.56x (default) faster so with AVX-512, and YNNPACK's AVX2 kernels lose more
+  where AVX-512 is missing. CPUs with AMX take the same: AMX does no float32, which
+  runs on their AVX-512 units (not measured on one). For inference (upscale,
+  evaluate) the YNNPACK fusions win, so XLA keeps its default. Other CPUs (without
+  AVX2, or not x86) keep XLA's defaults: not measured.
 
 Every flag is checked against the flag names this jaxlib knows before it is set (XLA
 aborts on an unknown one); accelerators ignore XLA's CPU flags.
@@ -127,7 +130,7 @@ def choose(cpu: Cpu, task: str) -> dict[str, str]:
   if task not in TASKS:
     raise ValueError(f"task {task!r}; choose one of {TASKS}.")
   flags = {}
-  if task == "train" and cpu.isa == "avx2":
+  if task == "train" and cpu.isa in ("avx2", "avx512", "amx"):
     flags[NO_YNN_FUSIONS[0]] = NO_YNN_FUSIONS[1]
   return flags
 

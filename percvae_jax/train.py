@@ -210,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if vgg_module is not None:
       logging.info(
         "Perceptual VGG16: %s convolutions (loss.vgg_convolution=%s).",
-        "Winograd F(4x4,3x3) from block 2" if vgg_module.winograd else "direct",
+        "Winograd F(4x4,3x3) after conv1_1" if vgg_module.winograd else "direct",
         config.loss.vgg_convolution,
       )
     state = jax.device_put(create_train_state(config, model, vgg_params), parallel.replicated)

@@ -713,8 +713,9 @@ def time_xla_layer(fn, x, kernel, cotangent, steps: int, warmup: int) -> dict:
 def worker_layers(spec: dict) -> dict:
   """Each convolution of VGG16 to relu3_3 at the paper step's batch: forward and input
   gradient (what the perceptual term needs) by XLA's direct convolution and by the
-  package's Winograd F(4x4, 3x3) (models/winograd.py), or by PyTorch (channels_last)
-  for a torch setting."""
+  package's CPU algorithm for it (models/winograd.py: Winograd F(4x4, 3x3), or for
+  conv1_1 the input gradient by a matmul), or by PyTorch (channels_last) for a torch
+  setting."""
   setup_worker(spec, "train")
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -738,11 +739,11 @@ def worker_layers(spec: dict) -> dict:
       layer.update(time_torch_layer(x, kernel, cotangent, *timing))
       continue
     layer.update(time_xla_layer(winograd.direct_conv3x3, x, kernel, cotangent, *timing))
-    timed = time_xla_layer(winograd.conv3x3, x, kernel, cotangent, *timing)
-    layer.update({f"winograd_{k}": v for k, v in timed.items()})
+    timed = time_xla_layer(winograd.cpu_conv3x3, x, kernel, cotangent, *timing)
+    layer.update({f"package_{k}": v for k, v in timed.items()})
     reference = np.asarray(jax.jit(winograd.direct_conv3x3)(x, kernel))
-    error = np.abs(np.asarray(jax.jit(winograd.conv3x3)(x, kernel)) - reference).max()
-    layer["winograd_relative_error"] = float(error / np.abs(reference).max())
+    error = np.abs(np.asarray(jax.jit(winograd.cpu_conv3x3)(x, kernel)) - reference).max()
+    layer["package_relative_error"] = float(error / np.abs(reference).max())
   return {"layers": layers, "batch_size": batch, "peak_rss_gb": peak_rss_gb()}
 
 
@@ -1095,7 +1096,7 @@ def layer_libraries(r: dict) -> list[tuple[str, str]]:
   """(library, key prefix) of what a "layers" row timed."""
   if runs_torch(r):
     return [("PyTorch channels_last", "")]
-  return [("XLA direct", ""), ("XLA Winograd F(4x4,3x3)", "winograd_")]
+  return [("XLA direct", ""), ("XLA package (winograd.py)", "package_")]
 
 
 def layers_table(report: dict) -> list[str]:
@@ -1119,13 +1120,13 @@ def layers_table(report: dict) -> list[str]:
       f"{layer['gflop']:6.1f} " + " ".join(f"{c:>26s}" for c in cells)
     )
   errors = [
-    layer["winograd_relative_error"]
+    layer["package_relative_error"]
     for r in report["layers"]
     if not runs_torch(r)
     for layer in r["layers"]
   ]
   if errors:
-    lines.append(f"Winograd's largest error, relative to the largest output: {max(errors):.1e}.")
+    lines.append(f"The package's largest error, relative to the largest output: {max(errors):.1e}.")
   return lines
 
 
@@ -1180,7 +1181,7 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--layers",
     action="store_true",
-    help="Also each VGG16 convolution of the paper step: XLA direct, XLA Winograd, PyTorch.",
+    help="Also each VGG16 convolution of the paper step: XLA direct, the package, PyTorch.",
   )
   parser.add_argument(
     "--quickstart",

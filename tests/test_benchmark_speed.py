@@ -68,8 +68,8 @@ def test_quick_run_reports_every_section(tmp_path):
   assert [layer["layer"] for layer in xla["layers"]] == names
   assert [layer["layer"] for layer in torch_layers["layers"]] == names
   for layer in xla["layers"]:
-    assert layer["forward_s"] > 0 and layer["winograd_input_gradient_s"] > 0, layer
-    assert layer["winograd_relative_error"] < 1e-4, layer
+    assert layer["forward_s"] > 0 and layer["package_input_gradient_s"] > 0, layer
+    assert layer["package_relative_error"] < 1e-4, layer
   assert all(layer["forward_s"] > 0 for layer in torch_layers["layers"])
   assert "VGG16 convolutions at batch 4" in report["table"]
 

@@ -64,10 +64,10 @@ def test_instruction_set(flags, machine, isa):
 
 
 def test_choice_per_cpu_and_task():
-  # Training: Eigen's convolutions on AVX2 only; XLA's defaults (YNNPACK) with AVX-512.
-  assert cpu_settings.choose(cpu(AVX2), "train") == {"xla_cpu_experimental_ynn_fusion_type": ""}
-  for flags in (AVX512, AMX, {"avx"}):
-    assert cpu_settings.choose(cpu(flags), "train") == {}
+  # Training: Eigen's convolutions from AVX2 on; XLA's defaults (YNNPACK) elsewhere.
+  for flags in (AVX2, AVX512, AMX):
+    assert cpu_settings.choose(cpu(flags), "train") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  assert cpu_settings.choose(cpu({"avx"}), "train") == {}
   # Inference: YNNPACK everywhere (XLA's default).
   for flags in (AVX2, AVX512, AMX):
     assert cpu_settings.choose(cpu(flags), "infer") == {}
@@ -125,10 +125,10 @@ def test_accelerator_expected():
   assert cpu_settings.accelerator_expected({"JAX_PLATFORMS": "tpu"})
 
 
-@pytest.mark.parametrize("flags,ynn", [(AVX2, False), (AVX512, True)])
+@pytest.mark.parametrize("flags,ynn", [(AVX2, False), (AVX512, False), ({"avx"}, True)])
 def test_the_choice_takes_effect_in_xla(flags, ynn):
   """XLA accepts the flags (it aborts on unknown ones), and compiles a train step's
-  convolutions with the library chosen: Eigen on AVX2, YNNPACK with AVX-512."""
+  convolutions with the library chosen: Eigen from AVX2 on, else XLA's YNNPACK."""
   run = run_probe("xla", *sorted(flags), XLA_FLAGS="")
   assert run.returncode == 0, run.stderr[-3000:]
   if sys.platform != "linux" or os.uname().machine != "x86_64":

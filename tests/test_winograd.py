@@ -1,6 +1,6 @@
-"""Winograd F(4x4, 3x3) convolutions (models/winograd.py): the direct convolution's
-outputs and gradients, in VGG16 the same parameters and features, and when the
-perceptual loss uses them."""
+"""The CPU convolutions of models/winograd.py (Winograd F(4x4, 3x3), the few-channel
+input gradient by a matmul): the direct convolution's outputs and gradients, in VGG16
+the same parameters and features, and when the perceptual loss uses them."""
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +20,26 @@ def relative_error(a, b):
 
 
 @pytest.mark.parametrize("shape", [(2, 10, 7, 5, 6), (1, 3, 5, 4, 3), (2, 16, 16, 8, 16)])
-def test_conv3x3_and_its_gradients_equal_the_direct_convolution(shape):
+@pytest.mark.parametrize("conv", [winograd.conv3x3, winograd.conv3x3_few_channels])
+def test_convolutions_and_their_gradients_equal_the_direct_convolution(shape, conv):
   n, h, w, c_in, c_out = shape  # sides below, at and off multiples of the 4 px tile.
   rng = np.random.default_rng(0)
   x = rng.standard_normal((n, h, w, c_in), np.float32)
   kernel = rng.standard_normal((3, 3, c_in, c_out), np.float32)
   cotangent = rng.standard_normal((n, h, w, c_out), np.float32)
   y, vjp = jax.vjp(winograd.direct_conv3x3, x, kernel)
-  y_winograd, vjp_winograd = jax.vjp(jax.jit(winograd.conv3x3), x, kernel)
+  y_winograd, vjp_winograd = jax.vjp(jax.jit(conv), x, kernel)
   assert y_winograd.shape == y.shape
   assert relative_error(y_winograd, y) < 5e-5
   for gradient_winograd, gradient in zip(vjp_winograd(cotangent), vjp(cotangent)):
     assert relative_error(gradient_winograd, gradient) < 5e-5
+
+
+@pytest.mark.parametrize("channels, winograd_runs", [(3, False), (64, True)])
+def test_cpu_conv3x3_runs_winograd_from_its_channel_threshold(channels, winograd_runs):
+  x, kernel = jnp.zeros((1, 8, 8, channels)), jnp.zeros((3, 3, channels, 4))
+  program = jax.jit(winograd.cpu_conv3x3).lower(x, kernel).as_text()
+  assert ("stablehlo.convolution" not in program) == winograd_runs
 
 
 def test_vgg16_with_winograd_has_the_same_parameters_and_features():

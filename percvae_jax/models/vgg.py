@@ -14,13 +14,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from percvae_jax.models.vgg_layout import BLOCKS, TAPS, conv_layout
-from percvae_jax.models.winograd import WinogradConv3x3
+from percvae_jax.models.winograd import CpuConv3x3
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# With `winograd`, the blocks from this one on run their convolutions by Winograd's
-# algorithm (winograd.py); block 1 (64 channels, full size) gains nothing from it.
-WINOGRAD_FROM_BLOCK = 2
 
 
 def deepest_block(taps: Iterable[str]) -> int:
@@ -69,8 +66,9 @@ class VGG16(nn.Module):
   trained with is applied here, so callers never handle it; LPIPS turns it off because
   it applies its own scaling layer. Returns ``{tap: features}`` for the requested taps.
   Layers past the deepest tap are neither computed nor given parameters. With
-  ``winograd`` (float32 only) the convolutions from block ``WINOGRAD_FROM_BLOCK`` on run
-  by Winograd's algorithm: the same parameters, the same features to ~1e-5.
+  ``winograd`` (float32 only) the convolutions run by winograd.py's CPU algorithms
+  (Winograd's for all but conv1_1, and conv1_1's input gradient by a matmul), with the
+  same parameters and the same features to ~1e-5.
   """
 
   taps: Sequence[str] = ("relu3_3",)
@@ -93,8 +91,8 @@ class VGG16(nn.Module):
         x = max_pool_2x2(x)
       for index in range(1, n_convs + 1):
         name = f"conv{block}_{index}"
-        if self.winograd and block >= WINOGRAD_FROM_BLOCK:
-          conv = WinogradConv3x3(width, name=name)
+        if self.winograd:
+          conv = CpuConv3x3(width, name=name)
         else:
           conv = nn.Conv(
             width,

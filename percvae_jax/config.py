@@ -6,7 +6,7 @@ import runpy
 
 import ml_collections
 
-from percvae_jax import data as data_lib
+from percvae_jax import data_root, losses
 from percvae_jax.degradation import SCALES
 from percvae_jax.errors import ConfigError
 
@@ -18,8 +18,10 @@ def base() -> ml_collections.ConfigDict:
   # oxford_iiit_pet (TFDS), folder (train_dir/eval_dir) or embedded (offline photos).
   config.data.name = "oxford_iiit_pet"
   config.data.tfds_data_dir = ""  # empty: TFDS's default (~/tensorflow_datasets).
+  # data.name=folder: comma-separated sets under the data root ("T91,BSD200") or folders.
   config.data.train_dir = ""
   config.data.eval_dir = ""
+  config.data.root = ""  # empty: $PERCVAE_DATA_ROOT, else ../shared/data (data_root.py).
   config.data.hr_size = 128  # HR training crop, pixels.
   config.data.scale = 2  # 2, 3, 4 or 8.
   config.data.blur_sigma = 1.0  # Gaussian blur before downscaling; 0 disables it.
@@ -64,6 +66,9 @@ def base() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # global, split over all devices.
   config.train.num_steps = 20_000
+  # >0: checkpoint, evaluate and stop once this run has trained this long (seconds);
+  # rerunning the command continues. For schedulers' time limits and benchmark shares.
+  config.train.max_seconds = 0.0
   config.train.learning_rate = 2e-4
   config.train.lr_schedule = "cosine"  # constant or cosine.
   config.train.warmup_steps = 200
@@ -80,11 +85,6 @@ def base() -> ml_collections.ConfigDict:
   return config
 
 
-# The "291" training images of VDSR and LapSRN, as ../shared/data holds them beside
-# the repository (run from the repository's root).
-TRAIN_291 = "../shared/data/T91,../shared/data/BSD200"
-
-
 def fidelity_sr(scale: int) -> ml_collections.ConfigDict:
   """The released fidelity models' recipe at `scale` (configs/release_x<scale>.py).
 
@@ -95,8 +95,8 @@ def fidelity_sr(scale: int) -> ml_collections.ConfigDict:
   """
   config = base()
   config.data.name = "folder"
-  config.data.train_dir = TRAIN_291
-  config.data.eval_dir = "../shared/data/Set5"
+  config.data.train_dir = data_root.TRAIN_291
+  config.data.eval_dir = "Set5"
   config.data.scale = scale
   config.data.blur_sigma = 0.0
   config.data.hr_size = {2: 64, 3: 72, 4: 96}.get(scale, 32 * scale)
@@ -208,6 +208,7 @@ RANGES = {
   "loss.prior_recon_weight": (0.0, None, True),
   "train.batch_size": (1, None, True),
   "train.num_steps": (1, None, True),
+  "train.max_seconds": (0.0, None, True),
   "train.learning_rate": (0.0, 1.0, False),
   "train.warmup_steps": (0, None, True),
   "train.seed": (0, None, True),
@@ -266,13 +267,19 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(f"config.data.hr_size={data.hr_size}: the seed model needs a multiple of 8.")
   if data.name == "folder":
     for field in ("train_dir", "eval_dir"):
-      folders = data_lib.split_folders(data[field])
-      missing = [path for path in folders if not os.path.isdir(path)]
-      if not folders or missing:
+      names = data_root.split(data[field])
+      missing = [n for n in names if not os.path.isdir(data_root.resolve(n, data.root))]
+      if not names or missing:
+        problem = (
+          f"{missing[0]!r} is not a directory (nor a set under the data root "
+          f"{data_root.root(data.root)})"
+          if missing
+          else "names no folder"
+        )
         raise ConfigError(
-          f"config.data.{field}={(missing or [data[field]])[0]!r} is not a directory; with "
-          f"data.name=folder pass --config.data.{field}=/path/to/images (several folders "
-          "separated by commas)."
+          f"config.data.{field}={data[field]!r}: {problem}; pass set names under the data "
+          f"root (set it with --config.data.root or ${data_root.ENV}) or folders, "
+          "separated by commas."
         )
   if train.batch_size % num_devices:
     raise ConfigError(
@@ -284,7 +291,7 @@ def validate(config, num_devices: int) -> None:
       "every loss weight is 0, so nothing would be learned; set "
       "config.loss.recon_weight, prior_recon_weight or gamma above 0."
     )
-  if loss.gamma > 0:
+  if losses.uses_perceptual(loss):
     perceptual_taps(config)
 
 

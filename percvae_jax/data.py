@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from percvae_jax import data_root
 from percvae_jax.errors import DataError
 
 # .webp: the carried copies of the evaluation sets are WebP lossless (and of the
@@ -224,11 +225,6 @@ def read_folder(root: str, min_size: int, resize: int = 0) -> ImageSet:
   return ImageSet(names, images.__getitem__)
 
 
-def split_folders(roots: str) -> list[str]:
-  """The folders of a comma-separated `train_dir` / `eval_dir` value."""
-  return [root.strip() for root in roots.split(",") if root.strip()]
-
-
 def read_folders(roots: Sequence[str], min_size: int, resize: int = 0) -> ImageSet:
   """`read_folder` over several folders, as one set; names are prefixed by their
   folder's name when there is more than one (T91/t1.png, BSD200/2092.png)."""
@@ -281,8 +277,10 @@ def load_split(data_config, split: str) -> ImageSet:
       "oxford_iiit_pet", "train" if split == "train" else "test", data_config.tfds_data_dir, resize
     )
   if data_config.name == "folder":
-    roots = data_config.train_dir if split == "train" else data_config.eval_dir
-    return read_folders(split_folders(roots), data_config.hr_size, resize)
+    names = data_config.train_dir if split == "train" else data_config.eval_dir
+    return read_folders(
+      data_root.resolve_all(names, data_config.get("root")), data_config.hr_size, resize
+    )
   if data_config.name == "embedded":
     return embedded_images(split, resize)
   raise DataError(f"unknown dataset {data_config.name!r}")

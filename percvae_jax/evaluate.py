@@ -1,68 +1,34 @@
 """Scores a model as the published SR tables do, with bicubic side by side.
 
-  python -m percvae_jax.evaluate --scale 2 --data-dir ../shared/data/Set5  # released x2
-  python -m percvae_jax.evaluate --model x4-perceptual --data-dir ../shared/data/BSD100
-  python -m percvae_jax.evaluate --workdir DIR --data-dir ../shared/data/Set5
-  python -m percvae_jax.evaluate --workdir DIR --dataset oxford_iiit_pet --num_images 100
+  percvae-evaluate --scale 2 --data-dir Set5            # released x2, a set under the data root
+  percvae-evaluate --model x4-perceptual --data-dir BSD100 --samples 10
+  percvae-evaluate --workdir DIR --data-dir path/to/images
+  percvae-evaluate --workdir DIR --dataset oxford_iiit_pet --num_images 100
 
-Protocols: `classic` (the tables' convention) mod-crops each HR image to a multiple of
-the scale and makes its LR by PIL-exact bicubic downscaling, quantised to 8 bits;
-`train` uses the degradation the checkpoint was trained with (its blur). The model
-runs on each whole image (by tiles, see inference.py) and, like bicubic, its output
-is clipped and quantised to 8 bits before it is measured, as a saved PNG would be.
-Metrics per image and averaged: PSNR and SSIM on RGB, on BT.601 Y with `scale` px of
-border shaved, and LPIPS (AlexNet). Writes a JSON file and LR | bicubic | SR | HR
-grids of the first images next to it (by default in DIR/eval/).
+(`python -m percvae_jax.evaluate` is the same.) Protocols: `classic` (the tables'
+convention, scoring.py) and `train` (the degradation the checkpoint was trained with,
+its blur). Writes a JSON file and LR | bicubic | SR | HR grids of the first images next
+to it (by default in DIR/eval/).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterator
-from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from PIL import Image
 from tqdm import tqdm
 
-from percvae_jax import cli, cpu_settings, data, degradation, inference, lpips, metrics, reporting
-from percvae_jax.errors import DataError, InferenceError
+from percvae_jax import cli, cpu_settings, data, data_root, inference, lpips, reporting, scoring
+from percvae_jax.errors import InferenceError
 
 PROTOCOLS = ("classic", "train")
 DATASETS = ("oxford_iiit_pet", "embedded")
-METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y", "lpips", "lr_psnr")
-SAMPLE_METRICS = (
-  "lpips",
-  "pairwise_lpips",
-  "lr_psnr",
-  "worst_lr_psnr",
-  "best_of_k_lpips",
-  "diversity",
-)
-# LPIPS's AlexNet needs 31 px on a side; SSIM's 11 px window fits inside the shaved Y.
-MIN_HR_SIDE = 32
 GRID_CROP = 192  # HR px on a side of the crop each grid shows.
-
-
-def folder_sources(root: str) -> list:
-  """(name, load) per image file below `root`; `load()` may raise data.BadImage."""
-  if not os.path.isdir(root):
-    raise DataError(
-      f"--data-dir={root!r} is not a directory; point it at a folder of HR images, such as Set5."
-    )
-  paths = data.list_images(root)
-  if not paths:
-    raise DataError(
-      f"--data-dir={root!r} holds no image files ({', '.join(data.IMAGE_EXTENSIONS)}); "
-      "point it at a folder of HR images, such as Set5."
-    )
-  return [(os.path.relpath(p, root), functools.partial(data.decode_image, p)) for p in paths]
 
 
 def dataset_sources(data_config, name: str, tfds_data_dir: str | None) -> list:
@@ -74,136 +40,6 @@ def dataset_sources(data_config, name: str, tfds_data_dir: str | None) -> list:
   images = data.load_split(data_config, "eval")
   # `images.load`, not `images[i]`: the latter caches every decoded image.
   return [(images.names[i], functools.partial(images.load, i)) for i in range(len(images))]
-
-
-def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
-  """The top-left crop whose sides are multiples of `scale` (MATLAB's modcrop)."""
-  height, width = image.shape[:2]
-  return image[: height - height % scale, : width - width % scale]
-
-
-@functools.partial(jax.jit, static_argnames="border")
-def _quality(images, targets, border):
-  return metrics.quality(images, targets, border)
-
-
-@functools.partial(jax.jit, static_argnames=("scale", "blur_sigma"))
-def _lr_psnr(images, lr, scale, blur_sigma):
-  """NTIRE 2021's LR consistency: RGB PSNR of the SR downscaled with the degradation's
-  kernel against the LR input."""
-  return metrics.psnr(degradation.downscale(images, scale, blur_sigma), lr)
-
-
-@dataclasses.dataclass
-class Samples:
-  """Draw K prior samples of each image (`upscale --samples K`) and score them."""
-
-  count: int
-  lpips_map: Any  # spatial LPIPS: (N, H, W) maps, for the diversity score.
-  seed: int = 0
-
-
-def score(
-  hr_uint8: np.ndarray,
-  scale: int,
-  blur_sigma: float,
-  lpips_fn,
-  upscaler: inference.Upscaler | None = None,
-  samples: Samples | None = None,
-  index: int = 0,
-) -> tuple[dict, dict]:
-  """Metrics of bicubic (and of `upscaler`, if given) on one mod-cropped HR image.
-
-  Returns ({"bicubic": M, "model": M[, "samples": S]}, the uint8 images {"lr",
-  "bicubic", "model", "hr"}), M holding METRICS and S SAMPLE_METRICS (`sample_scores`).
-  Both outputs are measured in one batch: one compile.
-  """
-  hr = hr_uint8.astype(np.float32) / 255.0
-  lr = np.asarray(degradation.degrade(hr, scale, blur_sigma))
-  images = {"bicubic": inference.to_uint8(np.asarray(degradation.bicubic_upscale(lr, scale)))}
-  if upscaler is not None:
-    images["model"] = inference.to_uint8(upscaler(lr))
-  outputs = np.stack(list(images.values())).astype(np.float32) / 255.0
-  targets = np.broadcast_to(hr, outputs.shape)
-  values = dict(
-    _quality(outputs, targets, scale),
-    lpips=lpips_fn(outputs, targets),
-    lr_psnr=_lr_psnr(outputs, lr[None], scale, blur_sigma),
-  )
-  values = jax.device_get(values)
-  scores = {kind: {m: float(values[m][k]) for m in METRICS} for k, kind in enumerate(images)}
-  if upscaler is not None and samples is not None and samples.count > 0:
-    key = jax.random.fold_in(jax.random.PRNGKey(samples.seed), index)
-    scores["samples"] = sample_scores(hr, lr, scale, blur_sigma, upscaler, lpips_fn, samples, key)
-  return scores, dict(images, lr=inference.to_uint8(lr), hr=hr_uint8)
-
-
-def sample_scores(
-  hr, lr, scale: int, blur_sigma: float, upscaler, lpips_fn, samples: Samples, key
-) -> dict:
-  """K prior samples of one image, judged as SRFlow and NTIRE 2021's "Learning the
-  Super-Resolution Space" do: each sample's LPIPS to the HR (mean), the mean pairwise
-  LPIPS between samples, LR-PSNR (mean and worst), the best sample's LPIPS, and the
-  diversity score (global - local) / global x 100, where global is the best sample's
-  LPIPS and local the mean over pixels of the per-pixel minimum of the samples' LPIPS
-  maps (0 for identical samples)."""
-  drawn = (
-    np.stack(
-      [inference.to_uint8(upscaler(lr, jax.random.fold_in(key, k))) for k in range(samples.count)]
-    ).astype(np.float32)
-    / 255.0
-  )
-  targets = np.broadcast_to(hr, drawn.shape)
-  to_hr = np.asarray(lpips_fn(drawn, targets))
-  maps = np.asarray(samples.lpips_map(drawn, targets))
-  pairs = [(i, j) for i in range(len(drawn)) for j in range(i + 1, len(drawn))]
-  pairwise = (
-    np.asarray(lpips_fn(drawn[[i for i, _ in pairs]], drawn[[j for _, j in pairs]]))
-    if pairs
-    else np.zeros(1)
-  )
-  lr_psnr = np.asarray(_lr_psnr(drawn, lr[None], scale, blur_sigma))
-  best = float(np.min(maps.mean(axis=(1, 2))))
-  local = float(np.mean(np.min(maps, axis=0)))
-  return {
-    "lpips": float(np.mean(to_hr)),
-    "pairwise_lpips": float(np.mean(pairwise)),
-    "lr_psnr": float(np.mean(lr_psnr)),
-    "worst_lr_psnr": float(np.min(lr_psnr)),
-    "best_of_k_lpips": float(np.min(to_hr)),
-    "diversity": (best - local) / best * 100.0 if best > 0 else 0.0,
-    "per_sample_lpips": [float(v) for v in to_hr],
-  }
-
-
-def score_images(
-  sources,
-  scale: int,
-  blur_sigma: float,
-  lpips_fn,
-  upscaler: inference.Upscaler | None = None,
-  samples: Samples | None = None,
-) -> Iterator:
-  """`score` over (name, load) sources: yields (name, scores, images) per image, and
-  (name, None, None) for one that cannot be used, after a warning that says why."""
-  for index, (name, load) in enumerate(sources):
-    try:
-      hr = mod_crop(load(), scale)
-    except data.BadImage as e:
-      logging.warning("skipping unreadable image %s", e)
-      yield name, None, None
-      continue
-    if min(hr.shape[:2]) < MIN_HR_SIDE:
-      logging.warning(
-        "skipping %s: %dx%d px (mod-cropped) is smaller than the %d px evaluation needs.",
-        name,
-        hr.shape[1],
-        hr.shape[0],
-        MIN_HR_SIDE,
-      )
-      yield name, None, None
-      continue
-    yield (name, *score(hr, scale, blur_sigma, lpips_fn, upscaler, samples, index))
 
 
 def grid(images: dict, scale: int, crop: int = GRID_CROP) -> np.ndarray:
@@ -219,10 +55,6 @@ def grid(images: dict, scale: int, crop: int = GRID_CROP) -> np.ndarray:
       + [images[kind][top : top + size, left : left + size] for kind in ("bicubic", "model", "hr")]
     ]
   )
-
-
-def mean_scores(rows: list[dict], names=METRICS) -> dict:
-  return {m: float(np.mean([row[m] for row in rows])) for m in names}
 
 
 def format_table(results: dict) -> str:
@@ -325,13 +157,13 @@ def run(
     raise InferenceError(f"--protocol={protocol!r}; choose one of {PROTOCOLS}.")
   if samples < 0:
     raise InferenceError(f"--samples={samples} must be 0 or more.")
-  sources = folder_sources(data_dir) if data_dir is not None else None
+  sources = scoring.folder_sources(data_dir) if data_dir is not None else None
   if output is not None:
     check_output(output)  # before any work; a default output is checked below.
   config, upscaler, source = inference.load_upscaler(workdir, model, scale, step, tile, temperature)
   scale = config.data.scale
   blur_sigma = config.data.blur_sigma if protocol == "train" else 0.0
-  data_name = dataset or os.path.basename(os.path.normpath(data_dir))
+  data_name = dataset or os.path.basename(os.path.normpath(data_root.resolve(data_dir)))
   output = output or default_output(source, data_name, scale, protocol)
   check_output(output)
   if sources is None:
@@ -346,48 +178,42 @@ def run(
     )
   )
 
-  lpips_fn = lpips.make_lpips("alex")
-  drawing = Samples(samples, lpips.make_lpips("alex", spatial=True), seed) if samples else None
-  rows, skipped = [], []
-  progress = tqdm(sources, desc="evaluating", unit="image")
-  for name, scores, images in score_images(
-    progress, scale, blur_sigma, lpips_fn, upscaler, drawing
-  ):
-    if scores is None:
-      skipped.append(name)
-      continue
-    rows.append(dict(name=name, **scores))
-    if len(rows) <= grids:
-      Image.fromarray(grid(images, scale)).save(f"{grid_prefix}_{grid_names[name]}.png")
-  if not rows:
-    raise DataError(
-      f"none of the {len(sources)} images of {data_dir or dataset} could be evaluated "
-      f"(see the warnings above); each must be a readable image of at least "
-      f"{MIN_HR_SIDE} px on a side."
-    )
+  drawing = (
+    scoring.Samples(samples, lpips.make_lpips("alex", spatial=True), seed) if samples else None
+  )
+  written = []
 
+  def save_grid(name, images):
+    if len(written) < grids:
+      Image.fromarray(grid(images, scale)).save(f"{grid_prefix}_{grid_names[name]}.png")
+      written.append(name)
+
+  scores = scoring.score_sources(
+    tqdm(sources, desc="evaluating", unit="image"),
+    scale,
+    upscaler,
+    blur_sigma=blur_sigma,
+    samples=drawing,
+    on_image=save_grid,
+    label=data_dir or dataset,
+  )
   results = dict(
     source_fields(source),
     scale=scale,
     protocol=protocol,
     data=data_name,
-    model=mean_scores([r["model"] for r in rows]),
-    bicubic=mean_scores([r["bicubic"] for r in rows]),
-    images=rows,
-    skipped=skipped,
+    model=scores["model"],
+    bicubic=scores["bicubic"],
+    images=scores["images"],
+    skipped=scores["skipped"],
   )
   if drawing is not None:
-    results["samples"] = dict(
-      mean_scores([r["samples"] for r in rows], SAMPLE_METRICS),
-      count=samples,
-      temperature=temperature,
-      worst_lr_psnr=float(min(r["samples"]["worst_lr_psnr"] for r in rows)),
-    )
+    results["samples"] = dict(scores["samples"], temperature=temperature)
   with open(output, "w") as f:
     json.dump(results, f, indent=2)
   print(format_table(results))
   print(
-    f"Wrote {output}" + (f" and {min(grids, len(rows))} grids next to it." if grids > 0 else "."),
+    f"Wrote {output}" + (f" and {len(written)} grids next to it." if written else "."),
     flush=True,
   )
   return results
@@ -404,7 +230,16 @@ def define_flags() -> None:
     "default, without --workdir: the one for --scale.",
   )
   flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step; default: the latest.")
-  flags.DEFINE_string("data-dir", None, "Folder of HR images (e.g. Set5), searched recursively.")
+  flags.DEFINE_string(
+    "data-dir",
+    None,
+    "Folder of HR images, searched recursively, or a set's name under the data root (Set5).",
+  )
+  flags.DEFINE_string(
+    "data_root",
+    None,
+    f"Where named sets live; default: ${data_root.ENV}, else ../shared/data beside the repo.",
+  )
   flags.DEFINE_enum(
     "dataset", None, DATASETS, "Instead of --data-dir: this dataset's evaluation split."
   )
@@ -454,6 +289,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cpu_settings.apply("infer")  # before JAX starts: XLA reads XLA_FLAGS once.
   f = flags.FLAGS
+  data_root.use(f.data_root)
   cli.exit_on_user_error(
     run,
     f.workdir,
@@ -474,6 +310,11 @@ def main(argv):
   )
 
 
-if __name__ == "__main__":
+def console():
+  """The `percvae-evaluate` command."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  console()

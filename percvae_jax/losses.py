@@ -69,10 +69,15 @@ def perceptual(vgg, vgg_params, sr, hr, tap_weights, norm: str = "none"):
   return total
 
 
+def uses_perceptual(loss_config) -> bool:
+  """Whether the objective has the perceptual term (and so needs the VGG16)."""
+  return loss_config.gamma > 0
+
+
 def needs_generated(loss_config) -> bool:
   """Whether the objective reads the generated output (one more decoder pass)."""
   return loss_config.prior_recon_weight > 0 or (
-    loss_config.gamma > 0 and loss_config.perceptual_on == "generated"
+    uses_perceptual(loss_config) and loss_config.perceptual_on == "generated"
   )
 
 

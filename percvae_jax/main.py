@@ -1,4 +1,5 @@
-"""Entry point: `python -m percvae_jax.main --config configs/<name>.py --workdir DIR`.
+"""Entry point: `percvae-train --config configs/<name>.py --workdir DIR` (or
+`python -m percvae_jax.main ...`).
 
 Every config field can be overridden with a flag, e.g.
 `--config.train.learning_rate=1e-4`. Running the same command again on the same
@@ -50,5 +51,10 @@ def main(argv):
   cli.exit_on_user_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def console():
+  """The `percvae-train` command."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  console()

@@ -1,5 +1,6 @@
-"""Stopping a run cleanly: a preemption notice (SIGTERM) or Ctrl-C (SIGINT) makes the
-training save a checkpoint and exit 0; a second Ctrl-C exits at once.
+"""Stopping a run cleanly: a preemption notice (SIGTERM), Ctrl-C (SIGINT) or the run's
+time budget makes the training save a checkpoint and exit 0; a second Ctrl-C exits at
+once.
 
 One process: the signal sets a flag, read after each step. Several processes (a
 multi-host run): each process must save the same step, or the collective save never
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -60,3 +63,25 @@ class StopRequest:
     else:
       self._stop = self._signalled
     return self._stop
+
+
+class TimeBudget:
+  """`train.max_seconds`: stop, checkpointed, once this run has trained that long (0:
+  never), so a job fits a scheduler's time limit or a benchmark's share; rerunning
+  continues. In a multi-process run process 0's clock decides, read every `every`
+  steps (one broadcast), so that every process stops at the same step."""
+
+  def __init__(self, seconds: float, every: int):
+    self._deadline = time.monotonic() + seconds if seconds > 0 else None
+    self._every = max(1, every)
+    self._multi_process = jax.process_count() > 1
+
+  def spent(self, step: int) -> bool:
+    if self._deadline is None:
+      return False
+    if not self._multi_process:
+      return time.monotonic() >= self._deadline
+    if step % self._every:
+      return False
+    over = np.array(time.monotonic() >= self._deadline)
+    return bool(multihost_utils.broadcast_one_to_all(over))

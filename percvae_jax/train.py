@@ -1,4 +1,4 @@
-"""The train state, the train and eval steps, and the loop: `train_and_evaluate`.
+"""The train and eval steps and the loop: `train_and_evaluate`.
 
 One jitted step, SPMD over every device (devices.py): the global batch sharded along
 the "data" mesh axis and the state replicated, so XLA inserts the gradient
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,70 +29,13 @@ from percvae_jax import (
   losses,
   metrics,
   preemption,
-  pretrained,
   reporting,
 )
 from percvae_jax import config as config_lib
+from percvae_jax import train_state as state_lib
 from percvae_jax.errors import NonFiniteLossError
-from percvae_jax.models import vae, vgg
-
-# apply_if_finite's limit of skipped (non-finite) updates in a row: never reached.
-_MAX_CONSECUTIVE_NONFINITE = 2**30
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array  # raw uint32 key data, so that it checkpoints as an array.
-  vgg_params: Any  # frozen; loaded from the weights, never checkpointed.
-  apply_fn: Any = flax.struct.field(pytree_node=False)
-  tx: Any = flax.struct.field(pytree_node=False)
-
-
-def compute_dtype(config):
-  return jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
-
-
-def make_optimizer(train_config) -> optax.GradientTransformation:
-  """Adam on a warm-up + cosine (or constant) schedule; a non-finite gradient's update
-  is skipped and counted (`skipped_steps`)."""
-  lr, warmup = train_config.learning_rate, train_config.warmup_steps
-  if train_config.lr_schedule == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(
-      0.0, lr, warmup, max(train_config.num_steps, warmup + 1), end_value=0.01 * lr
-    )
-  else:
-    schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
-    )
-  return optax.apply_if_finite(optax.adam(schedule), _MAX_CONSECUTIVE_NONFINITE)
-
-
-def perceptual_network(config):
-  """(VGG16 module, its frozen params) for the configured taps, or (None, None)."""
-  if config.loss.gamma == 0:
-    return None, None
-  taps = [t for t, _ in config_lib.perceptual_taps(config)]
-  params = vgg.params_for_taps(pretrained.load_vgg16_params(config.loss.vgg_weights), taps)
-  winograd = config_lib.vgg_winograd(config, jax.default_backend())
-  return vgg.VGG16(taps=tuple(taps), dtype=compute_dtype(config), winograd=winograd), params
-
-
-def create_train_state(config, model, vgg_params) -> TrainState:
-  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.train.seed))
-  params = vae.init_params(model, config, init_key)
-  tx = make_optimizer(config.train)
-  return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    opt_state=tx.init(params),
-    rng=state_key,
-    vgg_params=vgg_params,
-    apply_fn=model.apply,
-    tx=tx,
-  )
+from percvae_jax.models import vae
+from percvae_jax.train_state import TrainState
 
 
 def make_train_step(config, vgg_module):
@@ -205,15 +146,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_images, eval_hr = data.training_data(config.data)
     logging.info("Training on %d devices.", jax.device_count())
 
-    model = vae.create(config, compute_dtype(config))
-    vgg_module, vgg_params = perceptual_network(config)
+    model = vae.create(config, state_lib.compute_dtype(config))
+    vgg_module, vgg_params = state_lib.perceptual_network(config)
     if vgg_module is not None:
       logging.info(
         "Perceptual VGG16: %s convolutions (loss.vgg_convolution=%s).",
         "Winograd F(4x4,3x3) after conv1_1" if vgg_module.winograd else "direct",
         config.loss.vgg_convolution,
       )
-    state = jax.device_put(create_train_state(config, model, vgg_params), parallel.replicated)
+    state = jax.device_put(
+      state_lib.create_train_state(config, model, vgg_params), parallel.replicated
+    )
     manager = checkpoints.manager(workdir, config.train.keep_checkpoints)
     reporter = reporting.Reporter(workdir, enabled=is_writer)
     state, latest = checkpoints.restore_latest(manager, state, workdir)
@@ -227,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       checkpoints.save_config(config, workdir)
     try:
       with preemption.StopRequest() as stop:
-        state, last_eval = _loop(
+        state, last_eval, last_step = _loop(
           config, state, model, vgg_module, eval_hr, train_images, parallel, manager, reporter, stop
         )
     finally:
@@ -235,15 +178,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       manager.close()
       reporter.close()
   if last_eval is not None:
-    reporting.print_eval_summary(last_eval, config.train.num_steps, len(eval_hr), config.data)
+    reporting.print_eval_summary(last_eval, last_step, len(eval_hr), config.data)
   return state
 
 
 def _loop(
   config, state, model, vgg_module, eval_hr, train_images, parallel, manager, reporter, stop
 ):
-  """Steps from the state's step to the end; returns the state and the last eval (None
-  if stopped on request)."""
+  """Steps from the state's step to the end, or until `train.max_seconds` (evaluated
+  there); returns the state, the last eval (None if stopped on request) and its step."""
   train_step = jit_train_step(config, vgg_module, parallel)
   eval_step = jax.jit(
     make_eval_step(config, model),
@@ -264,6 +207,7 @@ def _loop(
     for rows in batches.stream(first_step, train.num_steps)
   )
   last_eval = None
+  budget = preemption.TimeBudget(train.max_seconds, train.log_every)
   log_time, log_step = time.perf_counter(), first_step
   pending = None  # the previous step's metrics, read while this one runs.
   for step in range(first_step + 1, train.num_steps + 1):
@@ -271,7 +215,8 @@ def _loop(
     if pending is not None:
       _check_finite(config, *pending, manager)
     pending = (step, terms)
-    last = step == train.num_steps
+    out_of_time = budget.spent(step)
+    last = step == train.num_steps or out_of_time
     if step % train.log_every == 0 or last:
       _check_finite(config, step, terms, manager)
       elapsed = time.perf_counter() - log_time
@@ -293,8 +238,15 @@ def _loop(
       reporter.flush()
     if stopping:
       logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
-      return state, None
-  return state, last_eval
+      return state, None, step
+    if out_of_time:
+      logging.warning(
+        "Stopped at step %d: train.max_seconds=%g reached; rerun the same command to continue.",
+        step,
+        train.max_seconds,
+      )
+      return state, last_eval, step
+  return state, last_eval, train.num_steps
 
 
 def _check_finite(config, step: int, terms: dict, manager) -> None:

@@ -268,15 +268,15 @@ class StepTimer:
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
-    from percvae_jax import devices, train  # pylint: disable=g-import-not-at-top
+    from percvae_jax import devices, train, train_state  # pylint: disable=g-import-not-at-top
     from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
 
     self.config = config
     parallel = devices.DataParallel()
-    model = vae.create(config, train.compute_dtype(config))
-    vgg_module, vgg_params = train.perceptual_network(config)
+    model = vae.create(config, train_state.compute_dtype(config))
+    vgg_module, vgg_params = train_state.perceptual_network(config)
     self.state = jax.device_put(
-      train.create_train_state(config, model, vgg_params), parallel.replicated
+      train_state.create_train_state(config, model, vgg_params), parallel.replicated
     )
     size, batch = config.data.hr_size, config.train.batch_size
     hr = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
@@ -756,9 +756,9 @@ def release_name(path: str) -> str:
 
 def packed_folders(value: str, data_root: str, fallback: tuple[str, ...]) -> str:
   """A config's comma-separated folders, mapped by name into the carried data."""
-  from percvae_jax import data  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data_root as root_lib  # pylint: disable=g-import-not-at-top
 
-  names = [os.path.basename(os.path.normpath(f)) for f in data.split_folders(value)]
+  names = [os.path.basename(os.path.normpath(f)) for f in root_lib.split(value)]
   names = [n for n in names if os.path.isdir(os.path.join(data_root, n))] or list(fallback)
   return ",".join(os.path.join(data_root, n) for n in names)
 
@@ -769,7 +769,7 @@ def stage_train(worker: Worker) -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from percvae_jax import data, evaluate, inference, released, reporting, train
+  from percvae_jax import data, inference, released, reporting, scoring, train
   from percvae_jax.models import vae, vgg  # pylint: disable=g-import-not-at-top
 
   sizes, spec = worker.sizes, worker.spec
@@ -903,18 +903,18 @@ def stage_train(worker: Worker) -> None:
     for image_path in paths:
       if time.time() > worker.deadline:
         break
-      hr = evaluate.mod_crop(data.decode_image(image_path), config.data.scale)
+      hr = scoring.mod_crop(data.decode_image(image_path), config.data.scale)
       if sizes["eval_crop"]:
         crop = sizes["eval_crop"]
         top, left = (hr.shape[0] - crop) // 2, (hr.shape[1] - crop) // 2
         hr = hr[top : top + crop, left : left + crop]
-      result, _ = evaluate.score(hr, config.data.scale, 0.0, lpips_fn, upscaler)
+      result, _ = scoring.score(hr, config.data.scale, 0.0, lpips_fn, upscaler)
       rows.append(result)
     if not rows:
       scores[set_name] = {"skipped": "no time left"}
       continue
-    entry = evaluate.mean_scores([r["model"] for r in rows])
-    entry["bicubic"] = evaluate.mean_scores([r["bicubic"] for r in rows])
+    entry = scoring.mean_scores([r["model"] for r in rows])
+    entry["bicubic"] = scoring.mean_scores([r["bicubic"] for r in rows])
     entry.update(images=len(rows), of=len(paths), seconds=time.perf_counter() - start)
     if sizes["eval_crop"]:
       entry["protocol"] = f"dry run: central {sizes['eval_crop']} px crops"

@@ -8,7 +8,7 @@
 BSD100 with the classic protocol (`percvae_jax.evaluate`: HR mod-cropped, bicubic LR,
 Y-PSNR / Y-SSIM with `scale` px shaved, LPIPS AlexNet, LR-PSNR) and prints, per scale,
 one table: bicubic as `evaluate` computes it, the published rows of
-../shared/data/README.md (SRCNN, FSRCNN, VDSR, LapSRN, EDSR, Johnson et al.; x3 from
+the data root's README.md (SRCNN, FSRCNN, VDSR, LapSRN, EDSR, Johnson et al.; x3 from
 the SRCNN paper) and ours.
 
 `ablation` answers the paper's question (reconstruction alone, or with a VGG16
@@ -41,7 +41,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 SETS = ("Set5", "Set14", "BSD100")
 SCALES = (2, 3, 4)
 PERCEPTUAL_CONFIG = REPO / "configs" / "release_x4_perceptual.py"
@@ -66,12 +65,18 @@ GRID_IMAGES = (("Set5", "butterfly.png"), ("Set14", "baboon.png"), ("BSD100", "i
 GRID_CROP = 128
 
 
+def data_path(*parts: str) -> Path:
+  from percvae_jax import data_root  # pylint: disable=g-import-not-at-top
+
+  return Path(data_root.root(), *parts)
+
+
 class BenchmarkError(RuntimeError):
   """Missing data or a failed training; the message says what to do."""
 
 
 def published_rows(readme: Path) -> dict:
-  """{method: {(set, scale): (psnr, ssim)}} from ../shared/data/README.md's table."""
+  """{method: {(set, scale): (psnr, ssim)}} from the data root's README.md table."""
   lines = readme.read_text().splitlines()
   header = next(k for k, line in enumerate(lines) if line.startswith("| method"))
   columns = [c.strip() for c in lines[header].strip("|").split("|")][1:]
@@ -106,7 +111,7 @@ def evaluate_model(model: str, set_name: str, out: Path, samples: int = 0) -> di
   return evaluate.run(
     model if is_workdir else None,
     model=None if is_workdir else model,
-    data_dir=str(DATA / set_name),
+    data_dir=set_name,
     output=str(output),
     grids=0,
     samples=samples,
@@ -114,23 +119,16 @@ def evaluate_model(model: str, set_name: str, out: Path, samples: int = 0) -> di
 
 
 def bicubic_scores(scale: int, set_name: str) -> dict:
-  from percvae_jax import evaluate, lpips  # pylint: disable=g-import-not-at-top
+  from percvae_jax import scoring  # pylint: disable=g-import-not-at-top
 
-  rows = [
-    s["bicubic"]
-    for _, s, _ in evaluate.score_images(
-      evaluate.folder_sources(str(DATA / set_name)), scale, 0.0, lpips.make_lpips("alex")
-    )
-    if s is not None
-  ]
-  return evaluate.mean_scores(rows)
+  return scoring.score_folder(set_name, scale)["bicubic"]
 
 
 def tables(models: list[str], out: Path) -> str:
   """Per scale: bicubic, the published rows and ours on the three sets."""
   from percvae_jax import inference  # pylint: disable=g-import-not-at-top
 
-  published = published_rows(DATA / "README.md")
+  published = published_rows(data_path("README.md"))
   ours: dict[int, dict] = {}
   for model in models:
     is_workdir = os.path.isdir(model)
@@ -211,7 +209,7 @@ def picture(fidelity: str, perceptual: str, path: Path) -> None:
   """Crops of GRID_IMAGES: bicubic | fidelity | perceptual | two samples | HR."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from percvae_jax import data, degradation, evaluate, inference, reporting  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data, degradation, inference, reporting, scoring  # pylint: disable=g-import-not-at-top
 
   load = lambda m: inference.load_upscaler(
     m if os.path.isdir(m) else None, None if os.path.isdir(m) else m
@@ -219,7 +217,7 @@ def picture(fidelity: str, perceptual: str, path: Path) -> None:
   fid, per = load(fidelity), load(perceptual)
   rows = []
   for set_name, file_name in GRID_IMAGES:
-    hr = evaluate.mod_crop(data.decode_image(str(DATA / set_name / file_name)), 4)
+    hr = scoring.mod_crop(data.decode_image(str(data_path(set_name, file_name))), 4)
     lr = np.asarray(degradation.degrade(hr.astype(np.float32) / 255.0, 4, 0.0))
     panels = [
       degradation.bicubic_upscale(lr, 4),
@@ -291,12 +289,16 @@ def main(argv=None) -> int:
     help="ablation: prior samples per BSD100 image for the new formulation",
   )
   parser.add_argument("--output-dir", default="runs/benchmark_quality")
+  parser.add_argument("--data-root", help="where Set5, Set14, BSD100 live (default: the data root)")
   args = parser.parse_args(argv)
-  missing = [s for s in SETS if not (DATA / s).is_dir()]
+  from percvae_jax import data_root  # pylint: disable=g-import-not-at-top
+
+  data_root.use(args.data_root)
+  missing = [s for s in SETS if not data_path(s).is_dir()]
   if missing:
     print(
-      f"error: {', '.join(str(DATA / s) for s in missing)} not found: the test sets "
-      "live in ../shared/data beside the repository.",
+      f"error: {', '.join(str(data_path(s)) for s in missing)} not found: the test sets "
+      "live under the data root (--data-root, $PERCVAE_DATA_ROOT or ../shared/data).",
       file=sys.stderr,
     )
     return 1

@@ -433,7 +433,7 @@ def worker_train(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from percvae_jax import devices, train  # pylint: disable=g-import-not-at-top
+  from percvae_jax import devices, train, train_state  # pylint: disable=g-import-not-at-top
   from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
 
   config = load_config(item["name"], spec["sizes"])
@@ -445,9 +445,11 @@ def worker_train(spec: dict) -> dict:
   if hr_rows.shape[:2] != (batch_size, hr_size):  # the quickstart's own crops.
     hr_rows = np.random.default_rng(0).integers(0, 256, (batch_size, hr_size, hr_size, 3), np.uint8)
   parallel = devices.DataParallel()
-  model = vae.create(config, train.compute_dtype(config))
-  vgg_module, vgg_params = train.perceptual_network(config)
-  state = jax.device_put(train.create_train_state(config, model, vgg_params), parallel.replicated)
+  model = vae.create(config, train_state.compute_dtype(config))
+  vgg_module, vgg_params = train_state.perceptual_network(config)
+  state = jax.device_put(
+    train_state.create_train_state(config, model, vgg_params), parallel.replicated
+  )
   batch = {"hr": parallel.global_batch(hr_rows, batch_size)}
   step = train.jit_train_step(config, vgg_module, parallel)
   start = time.perf_counter()

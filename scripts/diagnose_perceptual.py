@@ -2,8 +2,8 @@
 measurements on one batch of HR crops, for a model at initialisation and after a short
 training (--workdir: a run's checkpoint).
 
-  python scripts/diagnose_perceptual.py --data-dir ../shared/data/T91 --output diag.json
-  python scripts/diagnose_perceptual.py --workdir runs/x --data-dir ../shared/data/T91
+  python scripts/diagnose_perceptual.py --data-dir T91 --output diag.json
+  python scripts/diagnose_perceptual.py --workdir runs/x --data-dir T91
 
 It prints and writes:
   1. features: per VGG16 tap, the HR features' mean square, the bicubic output's
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from percvae_jax import config as config_lib
-from percvae_jax import data, degradation, inference, losses, pretrained
+from percvae_jax import data, data_root, degradation, inference, losses, pretrained
 from percvae_jax.models import vae, vgg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +84,9 @@ def feature_report(vgg_params, sr, hr, pixel_grad_norm: float) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", help="a run's workdir; default: a fresh default model")
-  parser.add_argument("--data-dir", required=True, help="HR images to crop the batch from")
+  parser.add_argument(
+    "--data-dir", required=True, help="HR images to crop the batch from: sets or folders"
+  )
   parser.add_argument("--scale", type=int, default=2)
   parser.add_argument("--hr-size", type=int, default=96)
   parser.add_argument("--batch-size", type=int, default=16)
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     config.data.scale, config.data.hr_size, config.data.blur_sigma = args.scale, args.hr_size, 0.0
     model = vae.create(config)
     params, step = vae.init_params(model, config, jax.random.PRNGKey(0)), 0
-  images = data.read_folders(data.split_folders(args.data_dir), args.hr_size)
+  images = data.read_folders(data_root.resolve_all(args.data_dir), args.hr_size)
   batch = data.TrainBatches(images, args.hr_size, args.batch_size, seed=0).batch(0)
   hr, lr = degradation.lr_from_hr(jnp.asarray(batch), config.data)
   vgg_params = pretrained.load_vgg16_params(config.loss.vgg_weights)

@@ -20,29 +20,13 @@ import time
 
 import numpy as np
 
-from percvae_jax import evaluate, inference, lpips, released
+from percvae_jax import data_root, inference, losses, released, scoring
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETS = ("Set5", "Set14", "BSD100")
-
-
-def score_sets(upscaler, scale: int, data_root: str, sets=SETS) -> dict:
-  """{set: mean METRICS} of `upscaler` with the classic protocol."""
-  lpips_fn = lpips.make_lpips("alex")
-  scores = {}
-  for name in sets:
-    sources = evaluate.folder_sources(os.path.join(data_root, name))
-    rows = [
-      s["model"]
-      for _, s, _ in evaluate.score_images(sources, scale, 0.0, lpips_fn, upscaler)
-      if s is not None
-    ]
-    scores[name] = evaluate.mean_scores(rows)
-  return scores
+SETS = data_root.EVAL_SETS
 
 
 def criterion(config) -> str:
-  return "lpips" if config.loss.gamma > 0 else "psnr_y"
+  return "lpips" if losses.uses_perceptual(config.loss) else "psnr_y"
 
 
 def better(new: dict, old: dict, metric: str) -> bool:
@@ -56,9 +40,7 @@ def main(argv=None) -> int:
   parser.add_argument("--name", required=True, help="release name, e.g. x2 or x4-perceptual")
   parser.add_argument("--step", type=int, help="checkpoint step; default: the latest")
   parser.add_argument(
-    "--data-root",
-    default=os.path.join(REPO, "..", "shared", "data"),
-    help="folder holding Set5/, Set14/ and BSD100/",
+    "--data-root", help=f"folder holding Set5/, Set14/ and BSD100/ (default: {data_root.root()})"
   )
   parser.add_argument("--root", default=released.RELEASED_DIR, help="where releases live")
   parser.add_argument("--force", action="store_true", help="write even if not better")
@@ -66,8 +48,9 @@ def main(argv=None) -> int:
 
   config, model, params, step = inference.restore_model(args.workdir, args.step)
   upscaler = inference.Upscaler(model, params, config.data.scale)
+  data_root.use(args.data_root)
   start = time.perf_counter()
-  scores = score_sets(upscaler, config.data.scale, args.data_root)
+  scores = scoring.score_sets(upscaler, config.data.scale)
   metric = criterion(config)
   for name, values in scores.items():
     print(

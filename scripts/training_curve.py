@@ -2,8 +2,8 @@
 
   python scripts/training_curve.py --workdir runs/release_x2 --sets Set5,BSD100 --every 2000
 
-Scores each checkpoint of the run (classic protocol: HR mod-cropped, bicubic LR,
-Y-PSNR with `scale` px shaved, as `evaluate` computes it) and prints one markdown row
+Scores each checkpoint of the run (scoring.py's classic protocol: HR mod-cropped,
+bicubic LR, Y-PSNR with `scale` px shaved) and prints one markdown row
 per step, with the training's wall time at that step read from metrics.jsonl (the
 images/s of its log lines). Writes the rows to --output (JSON) as well. The run must
 keep its checkpoints: train with --config.train.keep_checkpoints large enough.
@@ -16,11 +16,7 @@ import json
 import os
 import sys
 
-import numpy as np
-
-from percvae_jax import checkpoints, degradation, evaluate, inference, metrics, reporting
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from percvae_jax import checkpoints, data_root, inference, reporting, scoring
 
 
 def training_hours(workdir: str) -> dict[int, float]:
@@ -39,27 +35,15 @@ def training_hours(workdir: str) -> dict[int, float]:
   return hours
 
 
-def psnr_y(upscaler, scale: int, folder: str) -> float:
-  """Mean Y-PSNR of `upscaler` on the images of `folder` (classic protocol)."""
-  values = []
-  for _, load in evaluate.folder_sources(folder):
-    hr = evaluate.mod_crop(load(), scale).astype(np.float32) / 255.0
-    lr = np.asarray(degradation.degrade(hr, scale, 0.0))
-    sr = inference.to_uint8(upscaler(lr)).astype(np.float32) / 255.0
-    values.append(
-      float(metrics.psnr(*(metrics.shave(metrics.rgb_to_y(x[None]), scale) for x in (sr, hr)))[0])
-    )
-  return float(np.mean(values))
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--sets", default="Set5,BSD100")
-  parser.add_argument("--data-root", default=os.path.join(REPO, "..", "shared", "data"))
+  parser.add_argument("--data-root", help=f"where the sets live (default: {data_root.root()})")
   parser.add_argument("--every", type=int, default=1, help="score every N-th step (and the last)")
   parser.add_argument("--output", help="JSON file for the rows")
   args = parser.parse_args(argv)
+  data_root.use(args.data_root)
 
   manager = checkpoints.manager(args.workdir, read_only=True)
   steps = sorted(manager.all_steps())
@@ -75,7 +59,12 @@ def main(argv=None) -> int:
     upscaler = inference.Upscaler(model, params, config.data.scale)
     row = {"step": step, "hours": hours.get(step)}
     row.update(
-      {s: psnr_y(upscaler, config.data.scale, os.path.join(args.data_root, s)) for s in sets}
+      {
+        name: scores["psnr_y"]
+        for name, scores in scoring.score_sets(
+          upscaler, config.data.scale, sets, with_lpips=False
+        ).items()
+      }
     )
     rows.append(row)
     shown = f"{row['hours']:.2f}" if row["hours"] is not None else "?"

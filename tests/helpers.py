@@ -1,6 +1,6 @@
-"""What the tests share: the real photos in ../shared/data, tiny configs, tiny trained
-workdirs, image files of every troublesome kind, and subprocesses of the package's
-commands and of the test workers (tests/workers/).
+"""What the tests share: the real photos under the data root (../shared/data), tiny
+configs, tiny trained workdirs, image files of every troublesome kind, and
+subprocesses of the package's commands and of the test workers (tests/workers/).
 
 Imported as `from tests import helpers`: tests/ is a package, and both `python -m
 pytest` and pytest's default import mode put the repository root on sys.path.
@@ -21,15 +21,17 @@ import pytest
 from PIL import Image
 
 from percvae_jax import config as config_lib
+from percvae_jax import data_root
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(data_root.root())
 CONFIGS = REPO / "configs"
 TINY_STEPS = 4  # steps of the tiny srvae run that evaluate and upscale tests share.
 
 
 def shared_data(*parts: str) -> Path:
-  """A path under ../shared/data, or a clean skip where that folder is absent."""
+  """A path under the data root (../shared/data, or $PERCVAE_DATA_ROOT), or a clean skip
+  where it is absent."""
   path = SHARED_DATA.joinpath(*parts)
   if not path.exists():
     pytest.skip(f"{path} is absent: the real photos live in ../shared/data beside the repo")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from percvae_jax import data, degradation, evaluate, inference, upscale
+from percvae_jax import data, degradation, evaluate, inference, scoring, upscale
 from tests import helpers
 from tests.helpers import TINY_STEPS, crop_of
 
@@ -38,12 +38,12 @@ def skip_lpips(x, y):
   ],
 )
 def test_bicubic_reproduces_published_psnr_y(set_name, scale):
-  sources = evaluate.folder_sources(str(require_set(set_name)))
+  sources = scoring.folder_sources(str(require_set(set_name)))
   rows = [
-    scores["bicubic"] for _, scores, _ in evaluate.score_images(sources, scale, 0.0, skip_lpips)
+    scores["bicubic"] for _, scores, _ in scoring.score_images(sources, scale, 0.0, skip_lpips)
   ]
   assert len(rows) == len(sources)  # Set14's grayscale image included.
-  mean = evaluate.mean_scores(rows)
+  mean = scoring.mean_scores(rows)
   assert mean["psnr_y"] == pytest.approx(PUBLISHED_BICUBIC_PSNR_Y[set_name, scale], abs=0.15)
 
 
@@ -59,7 +59,7 @@ def test_metrics_match_scikit_image():
     ("bridge (grayscale)", lambda: data.decode_image(str(require_set("Set14") / "bridge.png"))),
   ]
   scale = 3
-  for name, scores, images in evaluate.score_images(sources, scale, 0.0, skip_lpips):
+  for name, scores, images in scoring.score_images(sources, scale, 0.0, skip_lpips):
     hr, bicubic = images["hr"], images["bicubic"]
     assert hr.shape[0] % scale == 0 and hr.shape[1] % scale == 0, name
     expected = {
@@ -106,7 +106,7 @@ def test_results_json_and_grids(set5_results, tiny_workdir):
   assert (written["step"], written["scale"], written["protocol"]) == (TINY_STEPS, 2, "classic")
   assert written["workdir"] == tiny_workdir
   for kind in ("model", "bicubic"):
-    assert set(written[kind]) == set(evaluate.METRICS)
+    assert set(written[kind]) == set(scoring.METRICS)
     assert written[kind]["psnr_y"] == pytest.approx(
       np.mean([image[kind]["psnr_y"] for image in written["images"]])
     )
@@ -125,7 +125,7 @@ def test_model_psnr_equals_psnr_of_upscaled_pngs(set5_results, tiny_workdir, tmp
   lr_dir.mkdir()
   for image in results["images"]:
     name = image["name"]
-    hr[name] = evaluate.mod_crop(data.decode_image(str(require_set("Set5") / name)), 2)
+    hr[name] = scoring.mod_crop(data.decode_image(str(require_set("Set5") / name)), 2)
     lr = degradation.degrade(hr[name].astype(np.float32) / 255.0, 2, blur_sigma=0.0)
     Image.fromarray(inference.to_uint8(np.asarray(lr))).save(lr_dir / name)
     bicubic[name] = inference.to_uint8(np.asarray(degradation.bicubic_upscale(lr, 2)))

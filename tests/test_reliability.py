@@ -144,7 +144,7 @@ def test_nonfinite_policy_skip_counts_and_goes_on(photo_dirs, tmp_path):
     (
       "data.train_dir",
       "/no/such/folder",
-      "config.data.train_dir='/no/such/folder' is not a directory",
+      "config.data.train_dir='/no/such/folder': '/no/such/folder' is not a directory",
     ),
     ("train.batch_size", 6, "config.train.batch_size=6 is not divisible by the 4 devices"),
     ("loss.perceptual_layers", "relu3_4", "config.loss.perceptual_layers='relu3_4' is not valid"),

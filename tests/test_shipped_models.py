@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from percvae_jax import evaluate, inference, lpips, released
+from percvae_jax import inference, lpips, released, scoring
 from tests import helpers
 
 SHIPPED = released.names()
@@ -31,14 +31,14 @@ def test_a_shipped_model_reproduces_its_recorded_set5_scores(name):
   set5 = helpers.shared_data("Set5")
   recorded = released.metadata(name)["scores"]["Set5"]
   config, upscaler, _ = inference.load_upscaler(name=name)
-  sources = evaluate.folder_sources(set5)
+  sources = scoring.folder_sources(set5)
   lpips_fn = lpips.make_lpips("alex")
   rows = [
     s["model"]
-    for _, s, _ in evaluate.score_images(sources, config.data.scale, 0.0, lpips_fn, upscaler)
+    for _, s, _ in scoring.score_images(sources, config.data.scale, 0.0, lpips_fn, upscaler)
     if s is not None
   ]
-  measured = evaluate.mean_scores(rows)
+  measured = scoring.mean_scores(rows)
   assert len(rows) == 5
   for metric, tolerance in (("psnr_y", 0.01), ("ssim_y", 1e-4), ("lpips", 1e-3), ("lr_psnr", 0.01)):
     assert measured[metric] == pytest.approx(recorded[metric], abs=tolerance), metric

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from percvae_jax import data, degradation, inference, reporting, train
+from percvae_jax import data, degradation, inference, reporting, train, train_state
 from percvae_jax import losses as losses_lib
 from percvae_jax.models import vae
 from tests import helpers
@@ -25,8 +25,8 @@ def fixed_batch(batch_size=4, hr_size=32):
 def train_on_fixed_batch(config, steps=40):
   """`steps` train steps on one batch; (state, per-step terms as floats)."""
   model = vae.create(config)
-  vgg_module, vgg_params = train.perceptual_network(config)
-  state = train.create_train_state(config, model, vgg_params)
+  vgg_module, vgg_params = train_state.perceptual_network(config)
+  state = train_state.create_train_state(config, model, vgg_params)
   step = jax.jit(train.make_train_step(config, vgg_module))
   batch = fixed_batch()
   history = []
@@ -97,8 +97,8 @@ def test_perceptual_term_on_the_generated_output_with_channel_norm():
     loss__perceptual_on="generated",
   )
   model = vae.create(config)
-  vgg_module, vgg_params = train.perceptual_network(config)
-  state = train.create_train_state(config, model, vgg_params)
+  vgg_module, vgg_params = train_state.perceptual_network(config)
+  state = train_state.create_train_state(config, model, vgg_params)
   batch = fixed_batch()
   _, terms = jax.jit(train.make_train_step(config, vgg_module))(state, batch)
 
@@ -139,7 +139,7 @@ def test_a_nonfinite_step_is_skipped_its_parameters_kept_and_counted():
   model = vae.create(config)
   step = jax.jit(train.make_train_step(config, None))
   batch = fixed_batch()
-  state, terms = step(train.create_train_state(config, model, None), batch)
+  state, terms = step(train_state.create_train_state(config, model, None), batch)
   assert float(terms["finite"]) == 1 and float(terms["skipped_steps"]) == 0
 
   after, terms = step(with_poisoned_output(state, jnp.nan), batch)
@@ -184,7 +184,7 @@ def test_gaussian_kl_matches_the_closed_form():
 def test_evaluation_uses_the_latent_mean():
   config = tiny_config()
   model = vae.create(config)
-  state = train.create_train_state(config, model, None)
+  state = train_state.create_train_state(config, model, None)
   lr = jnp.full((2, 16, 16, 3), 0.5)
   mean_a = model.apply({"params": state.params}, lr, method="generate")
   mean_b = model.apply({"params": state.params}, lr, method="generate")
@@ -273,9 +273,9 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters_and_loss():
   config = tiny_config(
     train__compute_dtype="bfloat16", loss__gamma=1e-3, loss__perceptual_layers="relu1_2"
   )
-  model = vae.create(config, train.compute_dtype(config))
-  vgg_module, vgg_params = train.perceptual_network(config)
-  state = train.create_train_state(config, model, vgg_params)
+  model = vae.create(config, train_state.compute_dtype(config))
+  vgg_module, vgg_params = train_state.perceptual_network(config)
+  state = train_state.create_train_state(config, model, vgg_params)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
   batch = {"hr": jnp.asarray(data.TrainBatches(data.embedded_images("train"), 32, 4, 0).batch(0))}
   step = jax.jit(train.make_train_step(config, vgg_module))
@@ -285,6 +285,17 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters_and_loss():
   assert terms["loss"].dtype == jnp.float32 and np.isfinite(float(terms["loss"]))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
   reference = tiny_config(loss__gamma=1e-3, loss__perceptual_layers="relu1_2")
-  f32_state = train.create_train_state(reference, vae.create(reference), vgg_params)
+  f32_state = train_state.create_train_state(reference, vae.create(reference), vgg_params)
   _, f32_terms = jax.jit(train.make_train_step(reference, vgg_module))(f32_state, batch)
   assert float(terms["recon"]) == pytest.approx(float(f32_terms["recon"]), rel=0.05)
+
+
+def test_a_time_budget_stops_checkpointed_and_evaluated_and_a_rerun_continues(tmp_path):
+  config = tiny_config(train__num_steps=1000, train__max_seconds=1e-3, train__eval_every=1000)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1  # the first step alone outlasts a millisecond.
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+  assert [r["step"] for r in helpers.eval_lines(tmp_path)] == [1]
+  config = tiny_config(train__num_steps=3, train__eval_every=1000)
+  assert int(train.train_and_evaluate(config, str(tmp_path)).step) == 3
+  assert [r["step"] for r in helpers.train_lines(tmp_path)] == [1, 2, 3]

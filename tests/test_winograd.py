@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from percvae_jax import config as config_lib
-from percvae_jax import train
+from percvae_jax import train_state
 from percvae_jax.errors import ConfigError
 from percvae_jax.models import winograd
 from percvae_jax.models.vgg import TAPS, VGG16
@@ -86,10 +86,10 @@ def test_when_the_perceptual_vgg16_uses_winograd(choice, dtype, backend, expecte
 
 def test_the_perceptual_network_of_a_cpu_run_uses_winograd():
   config = helpers.load_config("default")
-  module, _ = train.perceptual_network(config)
+  module, _ = train_state.perceptual_network(config)
   assert module.winograd is (jax.default_backend() == "cpu")
   config.loss.vgg_convolution = "direct"
-  assert not train.perceptual_network(config)[0].winograd
+  assert not train_state.perceptual_network(config)[0].winograd
 
 
 @pytest.mark.parametrize(

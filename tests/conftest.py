@@ -1,11 +1,36 @@
-"""Fixtures only; the shared helpers live in tests/helpers.py."""
+"""Session hooks and fixtures; the shared helpers live in tests/helpers.py."""
 
 import os
+import shutil
 import stat
+import tempfile
 
 import pytest
 
 from tests import helpers
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache per session, shared with every subprocess the
+  tests start (through the environment): the many runs of the same tiny models compile
+  their programs once, not once per process."""
+  cache = os.environ.get("PERCVAE_TEST_XLA_CACHE")
+  if not cache:
+    cache = config.percvae_xla_cache = tempfile.mkdtemp(prefix="percvae_xla_")
+  os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
+  import jax  # already imported by the package; its cache settings are read at compile time.
+
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(getattr(config, "percvae_xla_cache", ""), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

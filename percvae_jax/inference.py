@@ -17,6 +17,7 @@ models shipped with the package (`--model NAME`, or the one for `--scale S`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import flax
 import jax
@@ -63,7 +64,18 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 class Upscaler:
-  """Super-resolves LR images of any size with a fully convolutional model, by tiles."""
+  """Super-resolves LR images of any size with a fully convolutional model, by tiles.
+
+  Images come whole: grayscale (1 channel) runs through the model as gray RGB and comes
+  back as its luma; alpha (the last of 2 or 4 channels) is upscaled by the model too,
+  from its mean, as a gray image (against bicubic on synthetic mattes: up to 11 dB
+  better on sharp edges, 1-3 dB on hair-like strands, docs/upscaling.md), and the
+  colour under fully transparent pixels is replaced by their visible neighbours'
+  first, so whatever it held never shows.
+  """
+
+  # ITU-R 601-2 luma, as Pillow's convert("L"): a gray image's SR back to one channel.
+  LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
   def __init__(
     self,
@@ -101,31 +113,104 @@ class Upscaler:
     )
 
   def __call__(self, lr: np.ndarray, key: jax.Array | None = None) -> np.ndarray:
-    """The SR of one HxWx3 float LR image in [0,1]: float32, unclipped, `scale` x larger.
+    """The SR of one HxWxC LR image (C = 3: RGB; 1, 2, 4: L, LA, RGBA), float in [0,1]
+    or uint8/uint16 read against their depth: float32, unclipped (alpha clipped),
+    `scale` x larger, with C channels.
 
     Without `key`, from the prior's mean; with it, a prior sample. Each window then
     draws its own noise (`key` folded with the window's index), so a sample of an
     image larger than a tile is stitched from independent draws.
     """
-    height, width = lr.shape[:2]
+    height, width, channels = np.shape(lr)
+    out = np.empty((height * self.scale, width * self.scale, channels), np.float32)
+    top = 0
+    for band in self.bands(lr, key):
+      out[top : top + len(band)] = band
+      top += len(band)
+    return out
+
+  def bands(self, lr: np.ndarray, key: jax.Array | None = None) -> Iterator[np.ndarray]:
+    """`self(lr, key)` as bands of whole SR rows, top to bottom, one per row of
+    windows, each yielded as soon as it is done: a writer that stores each band as it
+    comes holds one band, not the image (a 10000 px wide x2 band is 50 MB of RGB)."""
+    height, width, channels = np.shape(lr)
     s = self.scale
-    out = np.empty((height * s, width * s, 3), np.float32)
+    colour_channels = 1 if channels <= 2 else 3
+    has_alpha = channels in (2, 4)
+    colour = lr[..., :colour_channels]
+    if has_alpha:
+      colour = self.fill_transparent(colour, lr[..., -1])
     rows = window_spans(height, self.tile, self.margin)
     cols = window_spans(width, self.tile, self.margin)
     window_h, window_w = min(height, self.tile), min(width, self.tile)
     for i, (top, keep_top, keep_bottom) in enumerate(rows):
+      band = np.empty(((keep_bottom - keep_top) * s, width * s, channels), np.float32)
+      kept_rows = slice((keep_top - top) * s, (keep_bottom - top) * s)
       for j, (left, keep_left, keep_right) in enumerate(cols):
-        window = np.asarray(lr[None, top : top + window_h, left : left + window_w], np.float32)
+        window = (slice(top, top + window_h), slice(left, left + window_w))
+        kept_cols = slice((keep_left - left) * s, (keep_right - left) * s)
+        target = slice(keep_left * s, keep_right * s)
         if key is None:
-          sr = self._mean(self._params, window)
+          sr = self._mean(self._params, self._model_input(colour[window]))
         else:
-          sr = self._sample(self._params, window, jax.random.fold_in(key, i * len(cols) + j))
-        sr = np.asarray(sr)[0]
-        out[keep_top * s : keep_bottom * s, keep_left * s : keep_right * s] = sr[
-          (keep_top - top) * s : (keep_bottom - top) * s,
-          (keep_left - left) * s : (keep_right - left) * s,
-        ]
-    return out
+          window_key = jax.random.fold_in(key, i * len(cols) + j)
+          sr = self._sample(self._params, self._model_input(colour[window]), window_key)
+        sr = np.asarray(sr)[0, kept_rows, kept_cols]
+        if colour_channels == 1:
+          sr = (sr @ self.LUMA)[..., None]
+        band[:, target, :colour_channels] = sr
+        if has_alpha:
+          alpha = self._mean(self._params, self._model_input(lr[window][..., -1:]))
+          alpha = np.asarray(alpha)[0, kept_rows, kept_cols].mean(-1)
+          band[:, target, -1] = np.clip(alpha, 0.0, 1.0)
+      yield band
+
+  @staticmethod
+  def _model_input(window: np.ndarray) -> np.ndarray:
+    """A 1xHxWx3 float32 batch of a window: integers read against their bit depth
+    (65535 is white in 16 bits), one channel repeated as gray RGB."""
+    window = np.asarray(window)
+    if np.issubdtype(window.dtype, np.integer):
+      unit = window.astype(np.float32) / np.float32(np.iinfo(window.dtype).max)
+    else:
+      unit = window.astype(np.float32, copy=False)
+    if unit.shape[-1] == 1:
+      unit = np.repeat(unit, 3, axis=-1)
+    return unit[None]
+
+  @staticmethod
+  def fill_transparent(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`colour` with each fully transparent pixel's value replaced by its visible
+    neighbours' (push-pull: alpha-weighted 2x2 means up a pyramid, then back down,
+    each level's holes taken from the next coarser), in `colour`'s dtype.
+
+    The colour under alpha 0 is often junk (black, or what an editor left there);
+    the model's kernels would spread it into the visible pixels near the edge, and the
+    upscaled alpha, softer than a step, would show it. Visible pixels keep theirs.
+    """
+    hole = np.asarray(alpha) == 0
+    if not hole.any() or hole.all():
+      return colour
+    colour = np.asarray(colour)
+    weight = (~hole).astype(np.float32)[..., None]
+    levels = [(colour.astype(np.float32) * weight, weight)]
+    while max(levels[-1][1].shape[:2]) > 1:
+      levels.append(tuple(Upscaler._halve(x) for x in levels[-1]))
+    summed, weight = levels[-1]
+    filled = summed / np.maximum(weight, 1e-12)
+    for summed, weight in reversed(levels[:-1]):
+      coarser = np.repeat(np.repeat(filled, 2, axis=0), 2, axis=1)[: len(summed), : summed.shape[1]]
+      filled = summed + (1.0 - weight) * coarser  # `summed` is the visible mean x weight.
+    if np.issubdtype(colour.dtype, np.integer):
+      filled = np.clip(np.rint(filled), 0, np.iinfo(colour.dtype).max)
+    return np.where(hole[..., None], filled.astype(colour.dtype), colour)
+
+  @staticmethod
+  def _halve(x: np.ndarray) -> np.ndarray:
+    """2x2 means of HxWxC `x`, an odd side padded with zeros (no weight)."""
+    h, w = x.shape[:2]
+    x = np.pad(x, ((0, h % 2), (0, w % 2), (0, 0)))
+    return 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
 
 
 def restore_model(workdir: str, step: int | None = None):

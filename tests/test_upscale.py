@@ -147,25 +147,25 @@ def test_output_names_mirror_the_input_folder(tmp_path):
     (str(tmp_path / "in" / "c.JPEG"), str(out / "c")),
     (str(tmp_path / "in" / "sub" / "b.bmp"), str(out / "sub" / "b")),
   ]
-  with pytest.raises(data.DataError, match="overwrite its input"):
+  with pytest.raises(data.DataError, match="overwrite an input"):
     upscale.plan_outputs(str(tmp_path / "in" / "a.png"), str(tmp_path / "in"))
 
 
-def test_rgba_and_grayscale_give_rgb_pngs_and_bad_files_are_skipped(tiny_workdir, tmp_path):
+def test_rgba_and_grayscale_come_back_whole_and_bad_files_are_skipped(tiny_workdir, tmp_path):
   inputs = tmp_path / "in"
   bad = helpers.write_unreadable_files(inputs / "broken", require_set("Set5") / "bird.png")
   rgba = np.asarray(crop_of(require_set("Set5") / "baby.png", 40).convert("RGBA")).copy()
-  rgba[:, :20, 3] = 0  # the left half transparent: white, as viewers show it.
+  rgba[:, :20, 3] = 0  # the left half transparent: it stays transparent.
   Image.fromarray(rgba[:30]).save(inputs / "rgba.png")
   crop_of(require_set("Set14") / "bridge.png", 36, grayscale=True).save(inputs / "gray.jpg")
   result = upscale.run(tiny_workdir, str(inputs), str(tmp_path / "out"))
   assert sorted(result["skipped"]) == [str(inputs / "broken" / name) for name in bad]
-  assert sorted(result["written"]) == [str(tmp_path / "out" / n) for n in ("gray.png", "rgba.png")]
-  for name, size in (("rgba.png", (80, 60)), ("gray.png", (72, 72))):
+  assert sorted(result["written"]) == [str(tmp_path / "out" / n) for n in ("gray.jpg", "rgba.png")]
+  for name, mode, size in (("rgba.png", "RGBA", (80, 60)), ("gray.jpg", "L", (72, 72))):
     image = Image.open(tmp_path / "out" / name)
-    assert (image.mode, image.size) == ("RGB", size), name
-  transparent = np.asarray(Image.open(tmp_path / "out" / "rgba.png"))[8:-8, 8:32]
-  assert transparent.mean() > 250
+    assert (image.mode, image.size) == (mode, size), name
+  alpha = np.asarray(Image.open(tmp_path / "out" / "rgba.png"))[..., 3]
+  assert alpha[:, :36].max() < 8 and alpha[:, 44:].min() > 247
 
 
 def test_samples_are_written_and_differ(tiny_workdir, tmp_path):
@@ -224,3 +224,224 @@ def test_command_line_missing_input(tiny_workdir, tmp_path):
     f"--output={tmp_path / 'out'}",
   )
   helpers.assert_one_line_error(done, "error: --input=", "does not exist", codes=(1,))
+
+
+# ------------------------------------------------------- images that come back whole
+
+
+@pytest.fixture(scope="module")
+def x2():
+  """The released x2's Upscaler (the real model: cheap on images of a few dozen px)."""
+  return inference.load_upscaler(name="x2")[1]
+
+
+def smooth_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+  """A smooth random uint8 RGB image (upscaled noise)."""
+  coarse = np.random.default_rng(seed).uniform(0, 255, (height // 4 + 1, width // 4 + 1, 3))
+  image = Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BICUBIC)
+  return np.asarray(image)
+
+
+def test_junk_under_transparent_pixels_never_shows(x2):
+  """Fully transparent pixels' colour (here magenta or black) cannot reach the output:
+  the two images differ only there, and their SR, colour and alpha, is identical."""
+  rgba = np.concatenate([smooth_rgb(30, 40), np.full((30, 40, 1), 255, np.uint8)], -1)
+  rgba[:, :15, 3] = 0
+  rgba[:, 15:17, 3] = 128  # a soft edge
+  magenta, black = rgba.copy(), rgba.copy()
+  magenta[:, :15, :3] = (255, 0, 255)
+  black[:, :15, :3] = 0
+  np.testing.assert_array_equal(x2(magenta), x2(black))
+  # Without the fill the junk shows in the visible pixels beside the edge.
+  plain = [x2(image[..., :3].astype(np.float32) / 255)[:, 34:44] for image in (magenta, black)]
+  assert np.abs(plain[0] - plain[1]).max() > 0.05
+
+
+def matte(size: int, kind: str, seed: int = 0) -> np.ndarray:
+  """A synthetic alpha matte (size x size, [0,1]), rendered at 8x and box-filtered:
+  a soft-edged blob (edge width 0.5, 1.5 or 4 px) or hair-like strands over a head."""
+  supersample = 8
+  y, x = (np.mgrid[0 : size * supersample, 0 : size * supersample] + 0.5) / supersample
+  if kind.startswith("soft"):
+    width = float(kind[4:])
+    angle = np.arctan2(y - size / 2, x - 0.45 * size)
+    radius = 0.3 * size * (1 + 0.15 * np.sin(5 * angle))
+    alpha = np.clip((radius - np.hypot(y - size / 2, x - 0.45 * size)) / width + 0.5, 0, 1)
+  else:
+    rng = np.random.default_rng(seed)
+    alpha = np.zeros_like(y)
+    for _ in range(40):
+      amplitude, frequency = rng.uniform(2, size / 6), rng.uniform(1, 6) * np.pi / size
+      centre = rng.uniform(0, size) + amplitude * np.sin(frequency * y + rng.uniform(0, 6.3))
+      centre += 0.3 * (y - size / 2) * rng.uniform(-1, 1)
+      cover = np.clip(rng.uniform(0.3, 1.5) / 2 - np.abs(x - centre) + 0.5, 0, 1)
+      alpha = 1 - (1 - alpha) * (1 - cover * rng.uniform(0.5, 1) * (y > 0.3 * size))
+    alpha = 1 - (1 - alpha) * (1 - np.clip((0.55 * size - y) / 3, 0, 1))
+  return alpha.reshape(size, supersample, size, supersample).mean((1, 3)).astype(np.float32)
+
+
+MATTES = ("soft0.5", "soft1.5", "soft4", "hair")
+
+
+def psnr(x: np.ndarray, reference: np.ndarray) -> float:
+  return float(10 * np.log10(1 / np.mean((x - reference) ** 2)))
+
+
+def alpha_scores(upscaler, scale: int, size: int) -> dict:
+  """{matte: (bicubic PSNR, Upscaler PSNR)} of mattes downscaled as the models' LR is."""
+  scores = {}
+  for kind in MATTES:
+    hr = matte(size, kind)
+    lr = np.asarray(degradation.degrade(np.repeat(hr[..., None], 3, -1), scale, 0.0))[..., :1]
+    bicubic = np.clip(np.asarray(degradation.bicubic_upscale(lr, scale))[..., 0], 0, 1)
+    rgba = np.concatenate([np.full(lr.shape[:2] + (3,), 0.5, np.float32), lr], -1)
+    ours = upscaler(rgba)[..., 3]
+    scores[kind] = (psnr(bicubic, hr), psnr(ours, hr))
+  return scores
+
+
+def test_alpha_is_upscaled_better_than_bicubic_on_mattes(x2):
+  scores = alpha_scores(x2, 2, 64)
+  print({kind: tuple(round(v, 2) for v in pair) for kind, pair in scores.items()})
+  for kind, (bicubic, ours) in scores.items():
+    assert ours > bicubic + 0.5, (kind, bicubic, ours)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["x2", "x3", "x4", "x4-perceptual"])
+def test_alpha_against_bicubic_for_every_released_model(name):
+  """The table of docs/upscaling.md (pytest -s prints it): 144 px mattes."""
+  config, upscaler, _ = inference.load_upscaler(name=name)
+  scores = alpha_scores(upscaler, config.data.scale, 144)
+  print(name, " | ".join(f"{k} {b:.2f} / {o:.2f}" for k, (b, o) in scores.items()))
+  assert np.mean([o - b for b, o in scores.values()]) > 1.0
+
+
+def test_16_bit_stays_16_bit_and_is_not_quantised_between_tiles(x2, tmp_path):
+  """A dark 16-bit gray PNG, upscaled in several tiles: a 16-bit gray PNG whose values
+  are the float SR rounded once to 16 bits (not to 8 between tiles, not stretched)."""
+  dark = (smooth_rgb(50, 56)[..., 0].astype(np.uint16) * 80).astype(np.uint16)  # max ~20000
+  Image.fromarray(dark).save(tmp_path / "dark.png")
+  upscale.run(None, str(tmp_path / "dark.png"), str(tmp_path / "out"), model="x2", tile=44)
+  out = Image.open(tmp_path / "out" / "dark.png")
+  assert (out.mode, out.size) == ("I;16", (112, 100))
+  tiled = inference.Upscaler(*inference.load_model(name="x2")[1:3], scale=2, tile=44)
+  assert len(inference.window_spans(50, 44, tiled.margin)) > 1
+  expected = np.rint(np.clip(x2(dark[..., None]), 0, 1) * 65535)[..., 0]
+  np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1)
+  assert np.asarray(out).max() < 30000 and np.any(np.asarray(out) % 257)
+
+
+def test_formats_profiles_and_exif_follow_the_input(tmp_path):
+  from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+
+  profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+  exif = Image.Exif()
+  exif[0x010F] = "TestCam"
+  exif[0x0112] = 8  # stored rotated: upright it is 24 wide, 32 high.
+  rgb = Image.fromarray(smooth_rgb(24, 32))
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  rgb.save(inputs / "photo.jpg", quality=95, icc_profile=profile, exif=exif)
+  rgb.save(inputs / "lossy.webp", quality=90, icc_profile=profile, exif=exif)
+  cutout = np.asarray(rgb.convert("RGBA")).copy()
+  cutout[:, :10, 3] = 0
+  Image.fromarray(cutout).save(inputs / "cutout.webp", lossless=True)
+  tifffile = pytest.importorskip("tifffile")
+  tifffile.imwrite(inputs / "scan.tif", np.asarray(rgb).astype(np.uint16) * 257, photometric="rgb")
+  result = upscale.run(None, str(inputs), str(tmp_path / "out"), model="x2")
+  out = tmp_path / "out"
+  assert sorted(result["written"]) == [
+    str(out / n) for n in ("cutout.webp", "lossy.webp", "photo.jpg", "scan.tiff")
+  ]
+  for name, fmt, mode in (
+    ("photo.jpg", "JPEG", "RGB"),
+    ("lossy.webp", "WEBP", "RGB"),
+    ("cutout.webp", "WEBP", "RGBA"),
+  ):
+    with Image.open(out / name) as image:
+      assert (image.format, image.mode) == (fmt, mode), name
+      if name != "cutout.webp":
+        assert image.size == (48, 64), name  # upright
+        assert image.info.get("icc_profile") == profile, name
+        assert image.getexif()[0x0112] == 1 and image.getexif()[0x010F] == "TestCam", name
+  scan = tifffile.imread(out / "scan.tiff")
+  assert scan.dtype == np.uint16 and scan.shape == (48, 64, 3)
+
+
+def test_format_and_quality_flags(tmp_path):
+  rgba = np.concatenate([smooth_rgb(24, 24), np.full((24, 24, 1), 255, np.uint8)], -1)
+  rgba[:, :8, 3] = 0
+  Image.fromarray(rgba).save(tmp_path / "cut.png")
+  sizes = {}
+  for quality in (30, 95):
+    folder = tmp_path / f"q{quality}"
+    upscale.run(
+      None, str(tmp_path / "cut.png"), str(folder), model="x2", output_format="jpg", quality=quality
+    )
+    with Image.open(folder / "cut.jpg") as image:
+      assert (image.format, image.mode) == ("JPEG", "RGB")
+      assert np.asarray(image)[:, :10].min() > 230  # transparent: over white
+    sizes[quality] = (folder / "cut.jpg").stat().st_size
+  assert sizes[30] < sizes[95]
+  with pytest.raises(inference.InferenceError, match="--format='gif'"):
+    upscale.run(
+      None, str(tmp_path / "cut.png"), str(tmp_path / "x"), model="x2", output_format="gif"
+    )
+
+
+def test_bad_inputs_get_one_line_each_and_the_others_still_run(tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  rgb = Image.fromarray(smooth_rgb(20, 24))
+  rgb.quantize(16).save(inputs / "palette.png", transparency=0)
+  Image.new("RGB", (1, 1), (200, 100, 50)).save(inputs / "one.png")
+  frames = [rgb, Image.fromarray(255 - np.asarray(rgb))]
+  frames[0].save(inputs / "anim.gif", save_all=True, append_images=frames[1:])
+  frames[0].save(inputs / "anim_w.webp", save_all=True, append_images=frames[1:])
+  Image.new("RGB", (60, 60)).save(inputs / "huge.png")
+  rgb.convert("CMYK").save(inputs / "cmyk.jpg")
+  with caplog.at_level(logging.WARNING):
+    result = upscale.run(None, str(inputs), str(tmp_path / "out"), model="x2", max_pixels=3000)
+  out = tmp_path / "out"
+  assert result["skipped"] == [str(inputs / "huge.png")]
+  assert sorted(result["written"]) == [
+    str(out / n) for n in ("anim.png", "anim_w.webp", "cmyk.jpg", "one.png", "palette.png")
+  ]
+  assert Image.open(out / "palette.png").mode == "RGBA"
+  assert Image.open(out / "one.png").size == (2, 2)
+  lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  for name, words in (
+    ("anim.gif", "first"),
+    ("anim_w.webp", "first"),
+    ("cmyk.jpg", "CMYK"),
+    ("huge.png", "--max-pixels=3600"),
+  ):
+    said = [line for line in lines if name in line]
+    assert len(said) == 1 and words in said[0] and "\n" not in said[0], (name, lines)
+
+
+def test_outputs_never_overwrite_inputs_whatever_their_extension(tmp_path):
+  Image.fromarray(smooth_rgb(8, 8)).save(tmp_path / "photo.jpg")
+  with pytest.raises(data.DataError, match="photo.jpg would overwrite an input"):
+    upscale.plan_outputs(str(tmp_path), str(tmp_path))
+  # With --format png the output cannot be the JPEG: allowed.
+  assert upscale.plan_outputs(str(tmp_path), str(tmp_path), output_format="png") == [
+    (str(tmp_path / "photo.jpg"), str(tmp_path / "photo"))
+  ]
+
+
+@pytest.mark.slow
+def test_benchmark_memory_reads_the_childs_peak(tmp_path):
+  """scripts/benchmark_memory.py's measurement: the real upscale in a child process,
+  its peak RSS from the kernel (that of the JAX runtime at least)."""
+  bench = helpers.load_script("benchmark_memory")
+  bench.write_lr(str(tmp_path / "lr.png"), 48)
+  code, peak, _, tail = bench.run_upscale(
+    [f"--input={tmp_path / 'lr.png'}", f"--output={tmp_path / 'out'}", "--model=x2"]
+  )
+  assert code == 0, tail
+  assert 100 < peak < 2048
+  assert Image.open(tmp_path / "out" / "lr.png").size == (96, 96)

@@ -51,9 +51,9 @@ class BadImage(ValueError):
 def to_rgb_uint8(image: Image.Image) -> np.ndarray:
   """Any PIL image (L, LA, P, RGBA, CMYK, 16-bit, float) as HxWx3 uint8 RGB."""
   if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    # Against the bit depth: 65535 is white, and a dark 16-bit image stays dark.
     array = np.asarray(image, np.float64)
-    peak = 65535.0 if array.max() > 255 else 255.0
-    array = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
+    array = np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8)
     return np.repeat(array[..., None], 3, axis=-1)
   if image.mode == "F":
     array = np.asarray(image, np.float64)

@@ -155,3 +155,9 @@ def test_unique_stems_are_all_different(paths, expected):
   stems = data.unique_stems(paths)
   assert stems == expected
   assert len({s.lower() for s in stems}) == len(paths)
+
+
+def test_a_dark_16_bit_image_is_read_against_its_bit_depth(tmp_path):
+  dark = np.full((8, 8), 20_000, np.uint16)  # 30% of white in 16 bits.
+  Image.fromarray(dark).save(tmp_path / "dark.png")
+  assert np.all(data.decode_image(str(tmp_path / "dark.png")) == round(20_000 / 257))

@@ -213,12 +213,12 @@ def _loop(
   for step in range(first_step + 1, train.num_steps + 1):
     state, terms = train_step(state, next(stream))
     if pending is not None:
-      _check_finite(config, *pending, manager)
+      check_finite(config, *pending, manager)
     pending = (step, terms)
     out_of_time = budget.spent(step)
     last = step == train.num_steps or out_of_time
     if step % train.log_every == 0 or last:
-      _check_finite(config, step, terms, manager)
+      check_finite(config, step, terms, manager)
       elapsed = time.perf_counter() - log_time
       images_per_sec = (step - log_step) * train.batch_size / max(elapsed, 1e-9)
       values = {k: float(v) for k, v in jax.device_get(terms).items() if k != "finite"}
@@ -249,7 +249,7 @@ def _loop(
   return state, last_eval, train.num_steps
 
 
-def _check_finite(config, step: int, terms: dict, manager) -> None:
+def check_finite(config, step: int, terms: dict, manager) -> None:
   if config.train.on_nonfinite == "skip" or float(terms["finite"]) == 1.0:
     return
   values = jax.device_get(terms)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -309,3 +310,45 @@ def restored(workdir, step: int | None = None) -> tuple[int, list[np.ndarray]]:
 
   _, _, params, step = inference.restore_model(str(workdir), step)
   return step, [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+# ---------------------------------------------------------------- short runs, faults
+
+
+def train_tiny(workdir, **overrides):
+  """In-process training of the tiny config (embedded photos), checkpoints every 2."""
+  from percvae_jax import train  # the trainer only where a test trains.
+
+  return train.train_and_evaluate(tiny_config(**overrides), str(workdir))
+
+
+def short_run(photo_dirs, **extra):
+  """Worker overrides of an 8-step run on the photo folders, checkpoints every 2."""
+  short = dict(
+    train__num_steps=8,
+    train__checkpoint_every=2,
+    train__eval_every=2,
+    train__lr_schedule="constant",
+  )
+  return folder_overrides(photo_dirs, **{**short, **extra})
+
+
+def absl_messages(caplog, level=logging.INFO):
+  return [r.getMessage() for r in caplog.records if r.levelno >= level]
+
+
+class RunsShellCommand:
+  """Pickles to a call of os.system: the classic malicious pickle."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return (os.system, (self.command,))
+
+
+def write_malicious_pth(path: Path, marker: Path) -> None:
+  torch = pytest.importorskip("torch")
+  torch.save(
+    {"features.0.weight": torch.zeros(1), "evil": RunsShellCommand(f"touch {marker}")}, path
+  )

@@ -1,6 +1,7 @@
 """Image sources and training batches: TFDS (mocked), folders of real photos, bad files."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -161,3 +162,43 @@ def test_a_dark_16_bit_image_is_read_against_its_bit_depth(tmp_path):
   dark = np.full((8, 8), 20_000, np.uint16)  # 30% of white in 16 bits.
   Image.fromarray(dark).save(tmp_path / "dark.png")
   assert np.all(data.decode_image(str(tmp_path / "dark.png")) == round(20_000 / 257))
+
+
+def test_exif_orientation_is_applied_when_reading(tmp_path):
+  upright = helpers.write_sideways_jpeg(tmp_path / "phone.jpg")
+  assert Image.open(tmp_path / "phone.jpg").size == (64, 48)  # stored sideways
+  image = data.decode_image(str(tmp_path / "phone.jpg"))
+  assert image.shape == upright.shape == (64, 48, 3)
+  stored = np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))
+  np.testing.assert_array_equal(image, np.rot90(stored, k=-1))  # turned clockwise
+  for corner in (np.s_[2:14, 2:14], np.s_[-14:-2, -14:-2], np.s_[24:40, 16:32]):
+    np.testing.assert_allclose(image[corner].mean((0, 1)), upright[corner].mean((0, 1)), atol=12)
+  # Training data reads it upright too.
+  (tmp_path / "train").mkdir()
+  shutil.copy(tmp_path / "phone.jpg", tmp_path / "train" / "phone.jpg")
+  images = data.read_folder(str(tmp_path / "train"), min_size=32)
+  np.testing.assert_array_equal(images[0], image)
+
+
+def test_bad_image_files_are_converted_or_skipped_with_one_warning_each(tmp_path, caplog):
+  fates = helpers.write_troublesome_files(tmp_path)
+  with caplog.at_level("WARNING"):
+    images = data.read_folder(str(tmp_path), min_size=32)
+  kept = {n for n, fate in fates.items() if fate == "kept"}
+  assert set(images.names) == kept
+  for name in kept:
+    image = images[images.names.index(name)]
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+  deep = images[images.names.index("deep16.png")]
+  assert deep.max() > 200  # 16-bit range scaled down, not clipped to white
+  warnings = [r.getMessage() for r in caplog.records]
+  for name, fate in fates.items():
+    if fate == "skipped":
+      assert sum(name in w for w in warnings) == 1, (name, warnings)
+  assert any("skipped 4 of 8 image files" in w for w in warnings)
+
+
+def test_folder_without_usable_images_is_an_error(tmp_path):
+  (tmp_path / "a.png").write_text("not an image")
+  with pytest.raises(data.DataError, match="holds no usable image"):
+    data.read_folder(str(tmp_path), min_size=32)

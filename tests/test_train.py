@@ -12,6 +12,7 @@ import pytest
 
 from percvae_jax import data, degradation, inference, reporting, train, train_state
 from percvae_jax import losses as losses_lib
+from percvae_jax.errors import NonFiniteLossError
 from percvae_jax.models import vae
 from tests import helpers
 from tests.helpers import REPO, shared_data, tiny_config
@@ -299,3 +300,64 @@ def test_a_time_budget_stops_checkpointed_and_evaluated_and_a_rerun_continues(tm
   config = tiny_config(train__num_steps=3, train__eval_every=1000)
   assert int(train.train_and_evaluate(config, str(tmp_path)).step) == 3
   assert [r["step"] for r in helpers.train_lines(tmp_path)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(photo_dirs, tmp_path):
+  # The worker makes the model's output NaN from step 5 on (a learning rate large
+  # enough to overflow is refused up front now).
+  config = helpers.short_run(photo_dirs, train__checkpoint_every=1)
+  result = helpers.run_worker(tmp_path, config, NAN_FROM="5")
+  line = helpers.assert_one_line_error(result, "error: non-finite loss at step 5: ", codes=(1,))
+  named = line.split("step 5: ", 1)[1].split(" (")[0].split(", ")
+  assert "loss" in named and "kl" not in named  # the terms that are not finite
+  # It points at what to check: training may have gone wrong before the NaN.
+  assert "check the eval lines in metrics.jsonl" in line and "--step" in line
+  assert "The newest checkpoint is step 4" in line
+  step, params = helpers.restored(tmp_path)
+  assert step == 4
+  assert all(np.isfinite(p).all() for p in params)
+
+
+@pytest.mark.slow
+def test_nonfinite_policy_skip_counts_and_goes_on(photo_dirs, tmp_path):
+  config = helpers.short_run(photo_dirs, train__on_nonfinite="skip")
+  result = helpers.run_worker(tmp_path, config, NAN_FROM="5")
+  assert result.returncode == 0, result.stderr[-3000:]
+  step, params = helpers.restored(tmp_path)
+  assert step == 8
+  assert all(np.isfinite(p).all() for p in params)
+  # Steps 5 to 8 were all skipped: the parameters are those of step 4.
+  _, params_at_4 = helpers.restored(tmp_path, 4)
+  for a, b in zip(params, params_at_4):
+    np.testing.assert_array_equal(a, b)
+  lines = helpers.train_lines(tmp_path)
+  assert [r["skipped_steps"] for r in lines] == [0, 0, 0, 0, 1, 2, 3, 4]
+
+
+class FakeManager:
+  directory = "/runs/x/checkpoints"
+
+  def latest_step(self):
+    return 40
+
+
+def test_a_nonfinite_loss_message_names_step_term_and_what_to_check():
+  config = tiny_config()
+  terms = {
+    "loss": np.float32("nan"),
+    "recon": np.float32(0.1),
+    "kl": np.float32("inf"),
+    "finite": np.float32(0.0),
+  }
+  with pytest.raises(NonFiniteLossError) as error:
+    train.check_finite(config, 42, terms, FakeManager())
+  message = str(error.value)
+  assert message.startswith("non-finite loss at step 42: ")
+  named = message.split(": ", 1)[1].split(" (")[0].split(", ")
+  assert sorted(named) == ["kl", "loss"]  # the terms that are not finite, and no other.
+  assert "The newest checkpoint is step 40" in message
+  assert "check the eval lines in metrics.jsonl" in message and "--step" in message
+  assert "on_nonfinite=skip" in message and "\n" not in message
+  config.train.on_nonfinite = "skip"
+  train.check_finite(config, 42, terms, FakeManager())

@@ -1,5 +1,7 @@
 """upscale and the tiled super-resolution it shares with evaluate."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -445,3 +447,40 @@ def test_benchmark_memory_reads_the_childs_peak(tmp_path):
   assert code == 0, tail
   assert 100 < peak < 2048
   assert Image.open(tmp_path / "out" / "lr.png").size == (96, 96)
+
+
+def test_upscale_writes_one_file_per_input_when_names_clash(tiny_workdir, tmp_path, capsys):
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  colours = {"photo.jpg": (200, 40, 40), "photo.png": (40, 200, 40), "photo_jpg.png": (40, 40, 200)}
+  for name, colour in colours.items():
+    Image.new("RGB", (40, 32), colour).save(inputs / name)
+  result = upscale.run(tiny_workdir, str(inputs), str(tmp_path / "out"))
+  written = result["written"]
+  assert len(written) == len(set(written)) == 3
+  assert sorted(os.listdir(tmp_path / "out")) == sorted(os.path.basename(p) for p in written)
+  # Each output is its own input's upscaling (plan order: the inputs' sorted order).
+  for name, path in zip(sorted(colours), written):
+    output = np.asarray(Image.open(path), np.float32)
+    assert output.shape == (64, 80, 3)
+    np.testing.assert_allclose(output.reshape(-1, 3).mean(0), colours[name], atol=8)
+  assert "Upscaled 3 of 3 images" in capsys.readouterr().out
+
+
+def test_upscale_sample_names_never_clash_with_another_inputs_output(tiny_workdir, tmp_path):
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  Image.new("RGB", (32, 32), (200, 40, 40)).save(inputs / "a.png")
+  Image.new("RGB", (32, 32), (40, 40, 200)).save(inputs / "a_sample1.png")
+  result = upscale.run(tiny_workdir, str(inputs), str(tmp_path / "out"), samples=1)
+  assert len(result["written"]) == len(set(result["written"])) == 4
+  assert len(os.listdir(tmp_path / "out")) == 4
+
+
+def test_upscale_writes_a_sideways_jpeg_upright(tiny_workdir, tmp_path):
+  helpers.write_sideways_jpeg(tmp_path / "phone.jpg")
+  upscale.run(tiny_workdir, str(tmp_path / "phone.jpg"), str(tmp_path / "out"))
+  output = np.asarray(Image.open(tmp_path / "out" / "phone.png"), np.float32)
+  assert output.shape == (128, 96, 3)
+  assert output[4:28, 4:28].mean(axis=(0, 1)) == pytest.approx((255, 0, 0), abs=30)
+  assert output[-28:-4, -28:-4].mean(axis=(0, 1)) == pytest.approx((0, 0, 255), abs=30)

@@ -1,0 +1,54 @@
+"""metrics.jsonl: each line appended whole or not at all, a torn last line dropped with a
+warning and mended by the next run."""
+
+import json
+import logging
+import os
+
+import pytest
+
+from percvae_jax import reporting
+from tests import helpers
+
+
+def test_read_jsonl_drops_a_torn_last_line_with_a_warning(tmp_path, caplog):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+  with caplog.at_level(logging.WARNING):
+    records = reporting.read_jsonl(str(path))
+  assert records == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+  assert any("torn last line" in m for m in helpers.absl_messages(caplog, logging.WARNING))
+  # A damaged line in the middle is not a torn append: it is not hidden.
+  path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 0.4}\n')
+  with pytest.raises(json.JSONDecodeError):
+    reporting.read_jsonl(str(path))
+
+
+def test_a_metrics_line_is_appended_whole_or_not_at_all(tmp_path, monkeypatch):
+  reporter = reporting.Reporter(str(tmp_path))
+  reporter.write(1, {"loss": 0.5})
+  before = (tmp_path / "metrics.jsonl").read_bytes()
+  real_write = os.write
+  monkeypatch.setattr(os, "write", lambda fd, payload: real_write(fd, payload[:7]))  # disk full
+  with pytest.raises(OSError, match="disk full"):
+    reporter.write(2, {"loss": 0.4})
+  monkeypatch.undo()
+  assert (tmp_path / "metrics.jsonl").read_bytes() == before
+  reporter.write(3, {"loss": 0.3})
+  reporter.close()
+  assert [r["step"] for r in reporting.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 3]
+
+
+@pytest.mark.slow
+def test_a_torn_last_metrics_line_does_not_stop_the_rerun_and_is_mended(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  helpers.train_tiny(workdir, train__num_steps=4)
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "loss": 0.12')  # the process died in the middle of the append.
+  with caplog.at_level(logging.INFO):
+    helpers.train_tiny(workdir, train__num_steps=6)
+  assert any("torn last line" in m for m in helpers.absl_messages(caplog, logging.WARNING))
+  text = (workdir / "metrics.jsonl").read_text()
+  assert text.endswith("\n")
+  records = [json.loads(line) for line in text.splitlines()]  # every line whole.
+  assert [r["step"] for r in records if "split" not in r] == [1, 2, 3, 4, 5, 6]

@@ -1,4 +1,4 @@
-"""Issue 17: the inference side (inference, evaluate, upscale) stays light. Importing
+"""The inference side (inference, evaluate, upscale, export) stays light. Importing
 it must not load the training code, the VGG16 of the perceptual loss (evaluation uses
 LPIPS's AlexNet), TFDS or TensorFlow: a user who only upscales pays for none of them.
 Each module is imported in a fresh interpreter (tests/workers/import_probe.py)."""
@@ -13,8 +13,19 @@ from tests import helpers
 
 pytestmark = pytest.mark.slow
 
-INFERENCE_MODULES = ("percvae_jax.inference", "percvae_jax.evaluate", "percvae_jax.upscale")
-TRAINING_ONLY = ("percvae_jax.train", "percvae_jax.models.vgg", "tensorflow_datasets", "tensorflow")
+INFERENCE_MODULES = (
+  "percvae_jax.inference",
+  "percvae_jax.evaluate",
+  "percvae_jax.upscale",
+  "percvae_jax.export",
+)
+TRAINING_ONLY = (
+  "percvae_jax.train",
+  "percvae_jax.train_state",
+  "percvae_jax.models.vgg",
+  "tensorflow_datasets",
+  "tensorflow",
+)
 
 
 @pytest.fixture(scope="module")

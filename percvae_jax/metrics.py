@@ -44,16 +44,21 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
   return (g / g.sum()).astype(np.float32)
 
 
-def _filter_valid(x, window):
-  """Separable 'valid' filtering of NHWC images by a short window.
+def _band(size: int, window: np.ndarray) -> np.ndarray:
+  """The (size - taps + 1, size) matrix of 'valid' filtering by `window` along an axis."""
+  out = size - len(window) + 1
+  band = np.zeros((out, size), np.float32)
+  for k, weight in enumerate(window):
+    band[np.arange(out), np.arange(out) + k] = weight
+  return band
 
-  A sum of shifted slices: on CPUs this is an order of magnitude faster than a
-  one-channel convolution, and exact to float rounding.
-  """
-  taps = len(window)
-  h, w = x.shape[-3] - taps + 1, x.shape[-2] - taps + 1
-  x = sum(float(window[k]) * x[..., k : k + h, :, :] for k in range(taps))
-  return sum(float(window[k]) * x[..., :, k : k + w, :] for k in range(taps))
+
+def _filter_valid(x, window):
+  """Separable 'valid' filtering of NHWC images by a short window, as two products by
+  banded matrices: XLA compiles them in a third of the time a sum of shifted slices
+  takes (evaluation compiles once per image size), and runs them as fast on CPUs."""
+  x = jnp.einsum("ih,...hwc->...iwc", _band(x.shape[-3], window), x, precision="highest")
+  return jnp.einsum("jw,...iwc->...ijc", _band(x.shape[-2], window), x, precision="highest")
 
 
 def ssim(images, targets, data_range: float = 1.0):

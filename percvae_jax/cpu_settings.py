@@ -104,7 +104,7 @@ class Cpu:
 
 def detect(cpuinfo: str = "/proc/cpuinfo") -> Cpu:
   """This machine's CPU, from /proc/cpuinfo where there is one."""
-  import platform  # pylint: disable=g-import-not-at-top
+  import platform
 
   fields = {}
   with contextlib.suppress(OSError), open(cpuinfo) as f:

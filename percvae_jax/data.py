@@ -242,7 +242,7 @@ def read_folders(roots: Sequence[str], min_size: int, resize: int = 0) -> ImageS
 
 def embedded_images(split: str, resize: int = 0) -> ImageSet:
   """The real photographs bundled with scikit-image (no download)."""
-  import skimage  # pylint: disable=g-import-not-at-top
+  import skimage  # only the offline photos need it.
 
   folder = os.path.join(os.path.dirname(skimage.__file__), "data")
   names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_EVAL
@@ -253,7 +253,7 @@ def embedded_images(split: str, resize: int = 0) -> ImageSet:
 def tfds_images(name: str, split: str, data_dir: str, resize: int = 0) -> ImageSet:
   """A TFDS image dataset through random-access `tfds.data_source`, decoded lazily."""
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # the optional `pets` extra.
   except ImportError:
     raise DataError(
       f"the {name} dataset needs TensorFlow Datasets, an extra: install it "
@@ -306,7 +306,7 @@ class TrainBatches:
   seed: int
   rows: slice = dataclasses.field(default_factory=lambda: slice(None))
 
-  def _image_indices(self, step: int) -> np.ndarray:
+  def image_indices(self, step: int) -> np.ndarray:
     n = len(self.images)
     first = step * self.batch_size
     positions = np.arange(first, first + self.batch_size)
@@ -323,7 +323,7 @@ class TrainBatches:
     rng = np.random.default_rng([self.seed, 1, step])
     corners = rng.random((self.batch_size, 2))
     flips = rng.random((self.batch_size, 2)) < 0.5
-    indices = self._image_indices(step)
+    indices = self.image_indices(step)
     rows = range(self.batch_size)[self.rows]
     out = np.empty((len(rows), self.hr_size, self.hr_size, 3), np.uint8)
     for k, row in enumerate(rows):
@@ -426,7 +426,7 @@ def prefetch(batches: Iterator, size: int = 2) -> Iterator:
     try:
       for item in batches:
         buffer.put(item)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:  # re-raised in the consumer.
       buffer.put(e)
     buffer.put(done)
 

@@ -49,7 +49,7 @@ class ExportError(InferenceError):
 def require_onnx():
   """The `onnx` module, or a one-line error naming the extra that brings it."""
   try:
-    import onnx  # pylint: disable=g-import-not-at-top
+    import onnx  # the optional `export` extra.
   except ImportError:
     raise ExportError(
       "exporting to ONNX needs the onnx package, an extra: install it with "

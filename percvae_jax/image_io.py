@@ -281,7 +281,7 @@ def _tiff16(path: str, image: Image.Image) -> np.ndarray | None:
 def _tifffile_picture(path: str, max_pixels: int) -> Picture:
   """The first page of a TIFF read by tifffile: grayscale or RGB, with or without
   alpha, 8 to 32-bit integers or floats in [0,1], as 8 or 16 bits."""
-  import tifffile  # pylint: disable=g-import-not-at-top (scikit-image's dependency)
+  import tifffile  # only TIFFs need it.
 
   try:
     with tifffile.TiffFile(path) as tiff:
@@ -510,7 +510,7 @@ TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 
 def _write_tiff(path, bands, height, width, channels, bits, icc_profile, exif) -> None:
   """A zlib-compressed TIFF written strip by strip as the bands come (tifffile)."""
-  import tifffile  # pylint: disable=g-import-not-at-top (scikit-image's dependency)
+  import tifffile  # only TIFFs need it.
 
   dtype = np.uint16 if bits == 16 else np.uint8
   rows_per_strip = 32

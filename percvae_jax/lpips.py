@@ -74,7 +74,7 @@ class LPIPS(nn.Module):
     if _weights_name(self.net) == "alexnet":
       backbone = AlexNetFeatures(name="backbone")
     else:  # imported here: evaluating with AlexNet never loads the VGG module.
-      from percvae_jax.models import vgg  # pylint: disable=g-import-not-at-top
+      from percvae_jax.models import vgg  # only LPIPS-VGG needs it.
 
       backbone = vgg.VGG16(taps=vgg.TAPS, normalize=False, name="backbone")
     # One backbone pass over both batches.

@@ -43,7 +43,7 @@ class Reporter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tensorboard = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import SummaryWriter  # only the writing process needs it.
 
       self._tensorboard = SummaryWriter(workdir)
 

@@ -66,7 +66,7 @@ GRID_CROP = 128
 
 
 def data_path(*parts: str) -> Path:
-  from percvae_jax import data_root  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data_root
 
   return Path(data_root.root(), *parts)
 
@@ -101,7 +101,7 @@ def published_rows(readme: Path) -> dict:
 
 def evaluate_model(model: str, set_name: str, out: Path, samples: int = 0) -> dict:
   """`percvae_jax.evaluate` on one set: a released model's name or a workdir."""
-  from percvae_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from percvae_jax import evaluate
 
   is_workdir = os.path.isdir(model)
   tag = Path(model).name if is_workdir else model
@@ -119,14 +119,14 @@ def evaluate_model(model: str, set_name: str, out: Path, samples: int = 0) -> di
 
 
 def bicubic_scores(scale: int, set_name: str) -> dict:
-  from percvae_jax import scoring  # pylint: disable=g-import-not-at-top
+  from percvae_jax import scoring
 
   return scoring.score_folder(set_name, scale)["bicubic"]
 
 
 def tables(models: list[str], out: Path) -> str:
   """Per scale: bicubic, the published rows and ours on the three sets."""
-  from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+  from percvae_jax import inference
 
   published = published_rows(data_path("README.md"))
   ours: dict[int, dict] = {}
@@ -207,9 +207,9 @@ def train_variant(label: str, init: str, steps: int, out: Path) -> Path:
 
 def picture(fidelity: str, perceptual: str, path: Path) -> None:
   """Crops of GRID_IMAGES: bicubic | fidelity | perceptual | two samples | HR."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
-  from percvae_jax import data, degradation, inference, reporting, scoring  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data, degradation, inference, reporting, scoring
 
   load = lambda m: inference.load_upscaler(
     m if os.path.isdir(m) else None, None if os.path.isdir(m) else m
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
   parser.add_argument("--output-dir", default="runs/benchmark_quality")
   parser.add_argument("--data-root", help="where Set5, Set14, BSD100 live (default: the data root)")
   args = parser.parse_args(argv)
-  from percvae_jax import data_root  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data_root
 
   data_root.use(args.data_root)
   missing = [s for s in SETS if not data_path(s).is_dir()]

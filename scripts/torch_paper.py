@@ -102,7 +102,7 @@ def make_paper_step(
   channels_last: bool = False,
   compile: bool = False,
   seed: int = 0,
-):  # pylint: disable=redefined-builtin
+):
   """`step(lr, hr) -> loss`: one Adam step of the paper's model on NCHW float32 [0,1]
   batches already on `device`. `dtype` "bfloat16" autocasts the forward pass;
   `channels_last` keeps activations NHWC; `compile` runs the forward and backward

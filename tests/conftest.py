@@ -53,7 +53,7 @@ def tiny_workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_seed_workdir(tmp_path_factory):
   """A 2-step run of the paper's fixed-size seed model, x2, on the embedded photos."""
-  from percvae_jax import train  # pylint: disable=g-import-not-at-top
+  from percvae_jax import train
 
   workdir = tmp_path_factory.getbasetemp() / "tiny_seed"
   train.train_and_evaluate(

@@ -77,7 +77,7 @@ def tiny_config(name: str = "quickstart", **overrides):
 
 def train_tiny_srvae(workdir: Path, steps: int = TINY_STEPS) -> str:
   """A `steps`-step x2 srvae run on the embedded photos (1 residual block); its workdir."""
-  from percvae_jax import train  # pylint: disable=g-import-not-at-top
+  from percvae_jax import train
 
   config = tiny_config(
     model__num_blocks=1,
@@ -289,7 +289,7 @@ def free_port() -> int:
 
 
 def metrics(workdir) -> list[dict]:
-  from percvae_jax import reporting  # pylint: disable=g-import-not-at-top
+  from percvae_jax import reporting
 
   return reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
@@ -304,9 +304,9 @@ def eval_lines(workdir) -> list[dict]:
 
 def restored(workdir, step: int | None = None) -> tuple[int, list[np.ndarray]]:
   """(step, parameter arrays) of a workdir's checkpoint, as inference restores them."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
-  from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+  from percvae_jax import inference
 
   _, _, params, step = inference.restore_model(str(workdir), step)
   return step, [np.asarray(x) for x in jax.tree.leaves(params)]

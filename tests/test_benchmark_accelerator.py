@@ -252,11 +252,11 @@ def test_the_wrapper_is_valid_bash():
 
 def test_torch_paper_step_learns():
   pytest.importorskip("torch")
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   sys.path.insert(0, str(SCRIPTS))
   try:
-    import torch_paper  # pylint: disable=g-import-not-at-top
+    import torch_paper
   finally:
     sys.path.remove(str(SCRIPTS))
   rng = np.random.default_rng(0)
@@ -342,7 +342,7 @@ def test_batch_flips_and_transposes_as_plain_numpy_does():
   rng = np.random.default_rng([2, 1, 4])
   corners = rng.random((16, 2))
   flips = rng.random((16, 2)) < 0.5
-  indices = batches._image_indices(4)  # pylint: disable=protected-access
+  indices = batches._image_indices(4)
   assert flips.any(axis=0).all()
   for row in range(16):
     image = arrays[indices[row]]

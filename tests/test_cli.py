@@ -75,7 +75,7 @@ def test_evaluate_output_that_is_a_folder_is_refused_before_evaluating(
 
 
 def test_convert_vgg16_refuses_a_pth_that_runs_code(tmp_path, capsys):
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  import importlib.util
 
   marker = tmp_path / "pwned"
   helpers.write_malicious_pth(tmp_path / "evil.pth", marker)

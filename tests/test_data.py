@@ -83,7 +83,7 @@ def test_train_batches_visit_every_image_each_epoch():
   images = _images(n=5)
   batches = data.TrainBatches(images, 32, 5, seed=0)
   for step in range(3):
-    assert sorted(batches._image_indices(step)) == list(range(5))  # pylint: disable=protected-access
+    assert sorted(batches.image_indices(step)) == list(range(5))
 
 
 def test_eval_crops_are_central_and_bounded():
@@ -115,7 +115,7 @@ def test_comma_separated_folders_are_read_as_one_set_with_prefixed_names(tmp_pat
   assert sorted(data.load_split(config.data, "eval").names) == ["0.png", "1.png"]
   # Training batches draw from both folders.
   batches = data.TrainBatches(images, 32, 5, seed=0)
-  assert sorted(batches._image_indices(0)) == list(range(5))  # pylint: disable=protected-access
+  assert sorted(batches.image_indices(0)) == list(range(5))
 
 
 def test_comma_separated_real_folders():

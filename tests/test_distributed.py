@@ -129,7 +129,7 @@ def test_checkpoint_from_eight_devices_resumes_on_one_and_back(tmp_path):
 
 
 def test_batch_not_divisible_by_devices_is_refused_before_compute():
-  from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from percvae_jax import config as config_lib
 
   with pytest.raises(ConfigError, match="not divisible by the 8 devices"):
     config_lib.validate(tiny_config(train__batch_size=12), num_devices=8)

@@ -335,7 +335,7 @@ def test_16_bit_stays_16_bit_and_is_not_quantised_between_tiles(x2, tmp_path):
 
 
 def test_formats_profiles_and_exif_follow_the_input(tmp_path):
-  from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+  from PIL import ImageCms
 
   profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
   exif = Image.Exif()
@@ -393,7 +393,7 @@ def test_format_and_quality_flags(tmp_path):
 
 
 def test_bad_inputs_get_one_line_each_and_the_others_still_run(tmp_path, caplog):
-  import logging  # pylint: disable=g-import-not-at-top
+  import logging
 
   inputs = tmp_path / "in"
   inputs.mkdir()

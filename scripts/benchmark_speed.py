@@ -176,10 +176,11 @@ def sized_config(name: str, spec: dict):
 
 def worker_pipeline(worker) -> dict:
   """Input pipeline rates, after a warm-up: one thread, and the training loop's feed
-  (train.device_batches); saves the HR batch that the steps all use."""
+  (train.device_batches); saves the HR batch, and its LR, that the steps all use."""
+  import jax
   import numpy as np
 
-  from percvae_jax import data, data_root, devices, train
+  from percvae_jax import data, data_root, degradation, devices, train
 
   spec, far = worker.spec, 10**9
   result = {"set": spec["sizes"]["pipeline_set"]}
@@ -195,6 +196,8 @@ def worker_pipeline(worker) -> dict:
     result["fed_images_per_s"] = rate(train.device_batches(batches, devices.DataParallel(), 0, far))
     hr = batches.batch(0)
   np.save(os.path.join(spec["tmp"], "hr.npy"), hr)
+  lr = jax.jit(lambda hr: degradation.lr_from_hr(hr, config.data)[1])(hr)
+  np.save(os.path.join(spec["tmp"], "lr.npy"), np.asarray(lr))
   return result
 
 
@@ -217,9 +220,8 @@ def worker_train(worker) -> dict:
 
 
 def worker_matmul(worker) -> dict:
-  """The float32 rates of one n x n x n matmul: XLA's dot (the package's train
-  settings) and numpy's BLAS (OpenBLAS with AVX2 kernels under --isa avx2; another
-  BLAS only natively)."""
+  """The float32 rates of one n x n x n matmul: XLA's dot (the package's settings) and
+  numpy's BLAS (OpenBLAS with AVX2 kernels under --isa avx2; others only natively)."""
   spec = worker.spec
   ran = setup_worker(spec, "train")
   import numpy as np
@@ -237,25 +239,23 @@ def worker_matmul(worker) -> dict:
 
 
 def worker_torch(worker) -> dict:
-  """The paper's step in PyTorch (scripts/torch_paper.py) on the same HR batch, all cores."""
+  """The paper's step in PyTorch on the pipeline row's HR batch and its LR, all cores."""
   spec = worker.spec
   setup_worker(spec, "train")
   import numpy as np
   import torch
 
   torch.set_num_threads(len(os.sched_getaffinity(0)))
-  hr = np.load(os.path.join(spec["tmp"], "hr.npy"))
-  lr, hr = common.torch_paper_batch(hr, sized_config("paper", spec).data)
+  hr, lr = (np.load(os.path.join(spec["tmp"], f"{name}.npy")) for name in ("hr", "lr"))
   layout = SETTINGS[spec["row"]["setting"]].get("channels_last", False)
   timed = dict(steps=spec["steps"], warmup=spec["warmup"], dtype=spec["compute_dtype"])
-  timing = common.time_torch_paper(lr, hr, channels_last=layout, **timed)
+  timing = common.time_torch_paper(lr, hr / 255.0, channels_last=layout, **timed)
   return dict(timing, unit="img/s", torch=torch.__version__)
 
 
 def worker_upscale(worker) -> dict:
-  """`inference.Upscaler` (the tiled function of `upscale`), x2, random weights (the
-  speed does not depend on them), on one LR image: a released-like model
-  "FEATURESxBLOCKS" of the fidelity recipe."""
+  """`inference.Upscaler` (`upscale`'s tiles) on one LR image, x2: a released-like model
+  "FEATURESxBLOCKS" of the fidelity recipe, random weights (the speed is the same)."""
   spec, item = worker.spec, worker.spec["row"]
   ran = setup_worker(spec, "infer")
   import jax

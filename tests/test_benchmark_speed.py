@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from percvae_jax import cpu_settings, flops
+from percvae_jax import cpu_settings, flops, pretrained
+from percvae_jax.models import vgg_layout
 from tests import helpers
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_speed.py"
@@ -184,3 +185,22 @@ def test_layers_of_pytorch_and_their_table(bench):
   assert summary["VGG16 convolutions of a paper step, s, XLA package (winograd.py)"] == (
     pytest.approx(0.15)
   )
+
+
+def test_the_pytorch_row_times_the_paper_step_on_the_pipelines_batch(bench, tmp_path, monkeypatch):
+  pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  weights = {
+    name: {"kernel": rng.normal(0, 0.05, (3, 3, c_in, c_out)).astype(np.float32)}
+    for name, _, c_in, c_out in vgg_layout.conv_layout()[:7]
+  }
+  for layer in weights.values():
+    layer["bias"] = np.zeros(layer["kernel"].shape[-1], np.float32)
+  monkeypatch.setattr(pretrained, "load_vgg16_params", lambda source: weights)
+  np.save(tmp_path / "hr.npy", rng.integers(0, 256, (2, 16, 16, 3), np.uint8))
+  np.save(tmp_path / "lr.npy", rng.random((2, 8, 8, 3), np.float32))
+  spec = dict(tmp=str(tmp_path), steps=2, warmup=0, compute_dtype="float32", isa="native")
+  spec.update(row=bench.row("torch", "paper", "torch default"), result_path="unused")
+  result = bench.worker_torch(bench.common.Worker(spec))
+  assert len(result["times_s"]) == 2 and result["rate"] == pytest.approx(2 / result["median_s"])
+  assert math.isfinite(result["first_loss"]) and result["setup_s"] > 0

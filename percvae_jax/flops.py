@@ -69,9 +69,9 @@ def _jaxpr_flops(jaxpr) -> float:
     inner = [_jaxpr_flops(sub) for sub in jex_core.jaxprs_in_params(eqn.params)]
     if name == "cond":  # one branch runs.
       total += max(inner, default=0.0)
-    elif name == "scan":  # the body runs `length` times (a while loop's count is unknown: once).
+    elif name == "scan":  # the body runs `length` times.
       total += eqn.params["length"] * sum(inner)
-    else:  # pjit, remat, custom_jvp/vjp calls, while...
+    else:  # pjit, remat, custom_jvp/vjp calls; a while loop's body counted once.
       total += sum(inner)
   return total
 

@@ -133,15 +133,6 @@ def evaluate(config, params, eval_step, eval_hr: np.ndarray, parallel):
   return {k: v / len(eval_hr) for k, v in totals.items()}, first_images
 
 
-def device_batches(batches: data.TrainBatches, parallel, first_step: int, last_step: int):
-  """The global batches of steps [first_step, last_step) on the devices, as the loop
-  consumes them: built by `stream`'s threads, put on the devices by a prefetching one."""
-  return data.prefetch(
-    {"hr": parallel.global_batch(rows, batches.batch_size)}
-    for rows in batches.stream(first_step, last_step)
-  )
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the state."""
   config_lib.validate(config, jax.device_count())
@@ -211,7 +202,7 @@ def _loop(
     parallel.process_rows(train.batch_size),
   )
   first_step = int(jax.device_get(state.step))
-  stream = device_batches(batches, parallel, first_step, train.num_steps)
+  stream = data.device_batches(batches, parallel, first_step, train.num_steps)
   last_eval = None
   budget = preemption.TimeBudget(train.max_seconds, train.log_every)
   log_time, log_step = time.perf_counter(), first_step

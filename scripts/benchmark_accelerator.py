@@ -55,7 +55,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pill
 SIZES = {
   "stage_ends": ((0.06, 0.36, 0.52, 0.58, 0.97), (0.06, 0.45, 0.62, 0.70, 0.97)),
   "hr_size": (None, 16),
-  "batches": ((32, 64, 128, 256, 512, 1024, 2048), (4, 8)),
+  "batches": ((32, 64, 128, 256, 512, 1024, 2048), (2, 4)),
   "margin": (2.5, 0.5),
   "timed_steps": (20, 2),
   "warmup_steps": (3, 0),
@@ -262,8 +262,8 @@ def stage_peer(worker) -> None:
 def stage_pipeline(worker) -> None:
   """Images/s of TrainBatches on the training images, each rate after a warm-up: one
   thread, `stream` with 1..cores workers, and the training loop's own feed
-  (train.device_batches: stream, prefetch, the transfer to the devices)."""
-  from percvae_jax import data, data_root, devices, train
+  (data.device_batches: stream, prefetch, the transfer to the devices)."""
+  from percvae_jax import data, data_root, devices
 
   sizes, speed = worker.spec["sizes"], worker.spec.get("speed_rows", [])
   fastest = best_of(speed)
@@ -286,7 +286,7 @@ def stage_pipeline(worker) -> None:
   for workers in (w for w in sizes["workers"] if w <= cores):
     rate(f"stream, {workers} workers", batches.stream(0, far, workers))
   feed = "training loop's feed: stream, prefetch, transfer"
-  rate(feed, train.device_batches(batches, devices.DataParallel(), 0, far))
+  rate(feed, data.device_batches(batches, devices.DataParallel(), 0, far))
   worker.result["pipeline_images_per_sec"] = rates[feed]
 
 

@@ -176,11 +176,11 @@ def sized_config(name: str, spec: dict):
 
 def worker_pipeline(worker) -> dict:
   """Input pipeline rates, after a warm-up: one thread, and the training loop's feed
-  (train.device_batches); saves the HR batch, and its LR, that the steps all use."""
+  (data.device_batches); saves the HR batch, and its LR, that the steps all use."""
   import jax
   import numpy as np
 
-  from percvae_jax import data, data_root, degradation, devices, train
+  from percvae_jax import data, data_root, degradation, devices
 
   spec, far = worker.spec, 10**9
   result = {"set": spec["sizes"]["pipeline_set"]}
@@ -193,7 +193,7 @@ def worker_pipeline(worker) -> dict:
     batches = data.TrainBatches(data.read_folder(folder, hr_size), hr_size, batch, seed=0)
     rate = lambda items: batch * common.items_per_second(items, spec["sizes"]["pipeline_s"])
     result["one_thread_images_per_s"] = rate(batches.batch(step) for step in range(far))
-    result["fed_images_per_s"] = rate(train.device_batches(batches, devices.DataParallel(), 0, far))
+    result["fed_images_per_s"] = rate(data.device_batches(batches, devices.DataParallel(), 0, far))
     hr = batches.batch(0)
   np.save(os.path.join(spec["tmp"], "hr.npy"), hr)
   lr = jax.jit(lambda hr: degradation.lr_from_hr(hr, config.data)[1])(hr)

@@ -71,7 +71,7 @@ def test_dry_run_from_a_carried_folder(tmp_path):
   assert results["device"]["platform"] == "cpu"
   assert results["matmul_peak"]["bfloat16"]["tflops_per_sec"] > 0
   peer = results["peer"]
-  assert {(r["dtype"], r["batch_size"]) for r in peer["best"]} == {("float32", 4), ("bfloat16", 4)}
+  assert {(r["dtype"], r["batch_size"]) for r in peer["best"]} == {("float32", 2), ("bfloat16", 2)}
   assert all(r["images_per_sec"] > 0 and np.isfinite(r["first_loss"]) for r in peer["rows"])
   pipeline = results["pipeline"]
   assert pipeline["images"] == 4  # 2 of T91, 2 of BSD200.

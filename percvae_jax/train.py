@@ -202,10 +202,7 @@ def _loop(
     parallel.process_rows(train.batch_size),
   )
   first_step = int(jax.device_get(state.step))
-  stream = data.prefetch(
-    {"hr": parallel.global_batch(rows, train.batch_size)}
-    for rows in batches.stream(first_step, train.num_steps)
-  )
+  stream = data.device_batches(batches, parallel, first_step, train.num_steps)
   last_eval = None
   budget = preemption.TimeBudget(train.max_seconds, train.log_every)
   log_time, log_step = time.perf_counter(), first_step

@@ -48,14 +48,23 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   return optax.apply_if_finite(optax.adam(schedule), _MAX_CONSECUTIVE_NONFINITE)
 
 
+def perceptual_module(config):
+  """The VGG16 module of the configured taps, or None without a perceptual term."""
+  if not losses.uses_perceptual(config.loss):
+    return None
+  taps = tuple(t for t, _ in config_lib.perceptual_taps(config))
+  winograd = config_lib.vgg_winograd(config, jax.default_backend())
+  return vgg.VGG16(taps=taps, dtype=compute_dtype(config), winograd=winograd)
+
+
 def perceptual_network(config):
   """(VGG16 module, its frozen params) for the configured taps, or (None, None)."""
-  if not losses.uses_perceptual(config.loss):
+  module = perceptual_module(config)
+  if module is None:
     return None, None
-  taps = [t for t, _ in config_lib.perceptual_taps(config)]
-  params = vgg.params_for_taps(pretrained.load_vgg16_params(config.loss.vgg_weights), taps)
-  winograd = config_lib.vgg_winograd(config, jax.default_backend())
-  return vgg.VGG16(taps=tuple(taps), dtype=compute_dtype(config), winograd=winograd), params
+  return module, vgg.params_for_taps(
+    pretrained.load_vgg16_params(config.loss.vgg_weights), module.taps
+  )
 
 
 def create_train_state(config, model, vgg_params) -> TrainState:

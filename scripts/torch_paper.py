@@ -5,7 +5,7 @@ a 256-d global latent; transposed convs back to the HR size; sigmoid), the froze
 VGG16 to relu3_3 with the package's ImageNet weights, and the paper's objective
 (0.001 * summed pixel MSE + summed KL + 0.8 * mean relu3_3 MSE), Adam at 5e-3.
 
-Used by scripts/benchmark_accelerator.py (and meant for scripts/benchmark_speed.py):
+Timed by both benchmarks (scripts/benchmark_common.py's `time_torch_paper`):
 
     from torch_paper import make_paper_step
     step = make_paper_step(vgg_weights, hr_size=128, scale=2, device="cuda",

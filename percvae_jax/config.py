@@ -41,7 +41,9 @@ def base() -> ml_collections.ConfigDict:
   # The objective (losses.py): alpha * L_vae + prior_recon_weight * L_prior
   # + gamma * L_perceptual.
   config.loss.alpha = 1.0  # weight of L_vae.
-  config.loss.recon_weight = 1.0  # weight of the pixel MSE inside L_vae.
+  # The pixel distance of both reconstruction terms: mse, l1 or charbonnier.
+  config.loss.pixel_loss = "mse"
+  config.loss.recon_weight = 1.0  # weight of the pixel distance inside L_vae.
   config.loss.kl_weight = 1e-3  # weight of the KL inside L_vae (per HR value).
   # Weight of the pixel MSE of the generated output (decoded from the prior's mean).
   config.loss.prior_recon_weight = 1.0
@@ -138,6 +140,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
 DATASETS = ("oxford_iiit_pet", "folder", "embedded")
 MODELS = ("srvae", "seed")
 REDUCTIONS = ("mean", "sum")
+PIXEL_LOSSES = ("mse", "l1", "charbonnier")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -244,6 +247,7 @@ def validate(config, num_devices: int) -> None:
   _choice("model.name", config.model.name, MODELS)
   _choice("data.scale", data.scale, SCALES)
   _choice("loss.reduction", loss.reduction, REDUCTIONS)
+  _choice("loss.pixel_loss", loss.pixel_loss, PIXEL_LOSSES)
   _choice("train.lr_schedule", train.lr_schedule, SCHEDULES)
   _choice("train.compute_dtype", train.compute_dtype, DTYPES)
   _choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_POLICIES)

@@ -79,6 +79,9 @@ def base() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
   config.train.on_nonfinite = "stop"  # stop, or skip (the update, counted).
+  # >0: keep an exponential moving average of the weights with this decay, and
+  # evaluate and release it; 0: the weights themselves.
+  config.train.ema_decay = 0.0
   return config
 
 
@@ -218,6 +221,7 @@ RANGES = {
   "train.eval_every": (1, None, True),
   "train.checkpoint_every": (1, None, True),
   "train.keep_checkpoints": (1, None, True),
+  "train.ema_decay": (0.0, 0.99999, True),
 }
 
 

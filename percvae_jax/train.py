@@ -51,6 +51,21 @@ class TrainState:
   vgg_params: Any  # frozen; loaded from the weights, never checkpointed.
   apply_fn: Any = flax.struct.field(pytree_node=False)
   tx: Any = flax.struct.field(pytree_node=False)
+  # With train.ema_decay > 0, the weights' exponential moving average: what evaluation,
+  # releases and inference use (checkpointed beside the params); None without.
+  ema_params: Any = None
+
+
+def ema_update(ema, params, step, decay: float):
+  """One step of the weights' moving average. Its decay ramps up as (1 + t) / (10 + t)
+  to `decay`, so that the average of a short run is not held by its first steps."""
+  rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
+
+
+def eval_params(state):
+  """The parameters evaluated and released: the moving average where there is one."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def compute_dtype(config):
@@ -94,6 +109,8 @@ def create_train_state(config, model, vgg_params) -> TrainState:
     vgg_params=vgg_params,
     apply_fn=model.apply,
     tx=tx,
+    # A copy: the step donates the state's buffers, each once.
+    ema_params=jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None,
   )
 
 
@@ -128,12 +145,11 @@ def make_train_step(config, vgg_module):
     # A non-finite gradient's update is skipped (apply_if_finite): the parameters and
     # Adam's moments stay those of the last good step.
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-      step=state.step + 1,
-      rng=rng,
-      opt_state=opt_state,
-      params=optax.apply_updates(state.params, updates),
-    )
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, rng=rng, opt_state=opt_state, params=params)
+    if state.ema_params is not None:
+      ema = ema_update(state.ema_params, params, state.step, config.train.ema_decay)
+      new_state = new_state.replace(ema_params=ema)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
     terms = dict(
@@ -223,6 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     elif config.train.init_from:
       params = jax.device_put(inference.initial_params(config, state.params), parallel.replicated)
       state = state.replace(params=params, opt_state=state.tx.init(params))
+      if state.ema_params is not None:
+        state = state.replace(ema_params=jax.tree.map(jnp.copy, params))
     if is_writer:
       checkpoints.save_config(config, workdir)
     try:
@@ -282,7 +300,7 @@ def _loop(
       reporting.log_progress(step, train.num_steps, values, train.batch_size)
       log_time, log_step = time.perf_counter(), step
     if step % train.eval_every == 0 or last:
-      last_eval, images = evaluate(config, state.params, eval_step, eval_hr, parallel)
+      last_eval, images = evaluate(config, eval_params(state), eval_step, eval_hr, parallel)
       reporter.write(step, last_eval, split="eval")
       reporter.write_grid(step, "eval/lr_sr_hr", images, ("lr", "sr", "hr"))
       logging.info("eval at step %d: %s", step, reporting.format_terms(last_eval))

@@ -846,7 +846,7 @@ def stage_train(worker: Worker) -> None:
   finally:
     timer_thread.cancel()
   train_wall = time.perf_counter() - start
-  params = jax.device_get(state.params)
+  params = jax.device_get(train.eval_params(state))  # the moving average, if kept.
   trained_steps = int(jax.device_get(state.step))
   lines = reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train_lines = [r for r in lines if r.get("split", "train") == "train" and "loss" in r]

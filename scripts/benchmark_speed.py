@@ -563,19 +563,28 @@ def worker_torch(spec: dict) -> dict:
   )
 
 
-def upscale_config(name: str):
-  """A released-like x2 model, "FEATURESxBLOCKS": the fidelity recipe's config."""
-  from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+def upscale_model(name: str):
+  """(config, params): a released model by its name ("x4", with its weights), or a
+  released-like x2 model, "FEATURESxBLOCKS": the fidelity recipe's config, random
+  weights (the speed does not depend on them)."""
+  import jax  # pylint: disable=g-import-not-at-top
 
+  from percvae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from percvae_jax import released  # pylint: disable=g-import-not-at-top
+  from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
+
+  if name in released.names():
+    return released.load(name)
   features, blocks = (int(v) for v in name.split("x"))
   config = config_lib.fidelity_sr(2)
   config.model.features, config.model.num_blocks = features, blocks
-  return config
+  return config, vae.init_params(vae.create(config), config, jax.random.PRNGKey(0))
 
 
 def worker_upscale(spec: dict) -> dict:
-  """`inference.Upscaler` (the tiled function of `upscale`) on one LR image of
-  `upscale_lr` px, x2, random weights (the speed does not depend on them)."""
+  """`inference.Upscaler` (the tiled function of `upscale`) on one LR image whose
+  output is that of `upscale_lr` px at x2 (12 MP in the full run), at the model's
+  scale."""
   item = spec["row"]
   choice = setup_worker(spec, "infer")
   import jax  # pylint: disable=g-import-not-at-top
@@ -584,13 +593,11 @@ def worker_upscale(spec: dict) -> dict:
   from percvae_jax import inference  # pylint: disable=g-import-not-at-top
   from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
 
-  config = upscale_config(item["name"])
+  config, params = upscale_model(item["name"])
   model = vae.create(config)
-  params = vae.init_params(model, config, jax.random.PRNGKey(0))
-  upscaler = inference.Upscaler(
-    model, params, config.data.scale, spec["sizes"]["tile"] or item["tile"]
-  )
-  height, width = spec["sizes"]["upscale_lr"]
+  scale = config.data.scale
+  upscaler = inference.Upscaler(model, params, scale, spec["sizes"]["tile"] or item["tile"])
+  height, width = (side * 2 // scale for side in spec["sizes"]["upscale_lr"])
   window = (min(height, upscaler.tile), min(width, upscaler.tile), 3)
   start = time.perf_counter()
   upscaler(np.zeros(window, np.float32))  # compiles the tile.
@@ -603,8 +610,19 @@ def worker_upscale(spec: dict) -> dict:
   windows = len(inference.window_spans(height, upscaler.tile, upscaler.margin)) * len(
     inference.window_spans(width, upscaler.tile, upscaler.margin)
   )
+  flops = vae.generation_flops_per_pixel(params, scale)
   return dict(
     timing,
+    scale=scale,
+    params=int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    conv_kflop_per_px=flops / 1e3,
+    # The convolutions of the output's own pixels, per second: what the tiles'
+    # margins and everything besides the convolutions cost shows as a lower rate.
+    conv_gflop_per_s=flops * megapixels * 1e6 / timing["median_s"] / 1e9,
+    window_px_per_lr_px=windows
+    * min(height, upscaler.tile)
+    * min(width, upscaler.tile)
+    / (height * width),
     lr_px=[width, height],
     sr_px=[sr.shape[1], sr.shape[0]],
     compile_s=compile_s,
@@ -806,7 +824,7 @@ def label(item: dict) -> str:
   if item["kind"] == "matmul":
     return f"{item['name']} matmul, XLA dot"
   if item["kind"] == "upscale":
-    return f"upscale x2 {item['name']}, tile {item.get('tile') or 'default'}"
+    return f"upscale {item['name']}, tile {item.get('tile') or 'default'}"
   if item["kind"] == "quickstart":
     return "quickstart " + " ".join(item.get("overrides", []))
   extra = ", gamma=0" if item.get("gamma0") else ""
@@ -983,7 +1001,8 @@ def summarize(report: dict) -> dict:
   for up in report["upscale"]:
     if up["setting"] == "package":
       summary[
-        f"upscale x2 {up['name']} tile {up['tile']}, {up['sr_px'][0]}x{up['sr_px'][1]} output, MP/s"
+        f"upscale x{up['scale']} {up['name']} tile {up['tile']}, "
+        f"{up['sr_px'][0]}x{up['sr_px'][1]} output, MP/s"
       ] = {"wall": up["sr_megapixels_per_s"], "cpu": up["sr_megapixels_per_cpu_s"]}
   for q in report["quickstart"]:
     summary["quickstart, s from start to end (process)"] = q["process_s"] - q["emulation_setup_s"]
@@ -1053,12 +1072,14 @@ def table(report: dict) -> str:
     )
   for r in report["upscale"]:
     what = (
-      f"upscale x2 {r['name']} {r['sr_px'][0]}x{r['sr_px'][1]}, tile {r['tile']} ({r['windows']})"
+      f"upscale x{r['scale']} {r['name']} {r['sr_px'][0]}x{r['sr_px'][1]}, "
+      f"tile {r['tile']} ({r['windows']})"
     )
     lines.append(
       f"{what:40s} {r['setting']:36s} {r['median_s']:8.2f} {r['cpu_s']:7.1f} "
       f"{r['sys_s']:6.2f} {r['faults']:8.0f} {r['sr_megapixels_per_s']:10.2f} MP/s "
-      f"{'':7s} {r['compile_s']:7.1f} {r['peak_rss_gb']:6.2f}"
+      f"{r['conv_gflop_per_s']:7.0f} {r['compile_s']:7.1f} {r['peak_rss_gb']:6.2f}"
+      f"   {r['conv_kflop_per_px']:.1f} KFLOP/px, windows {r['window_px_per_lr_px']:.2f}x"
     )
   for q in report["quickstart"]:
     seconds = q["process_s"] - q["emulation_setup_s"]
@@ -1205,7 +1226,8 @@ def main(argv=None) -> int:
     "--upscale-models",
     type=lambda s: s.split(","),
     default=None,
-    help="FEATURESxBLOCKS of the x2 models to upscale with (default 32x4).",
+    help="Models to upscale with: released ones by name (x2, x4, ...: their scale) or "
+    "FEATURESxBLOCKS of an x2 model (default 32x4).",
   )
   parser.add_argument(
     "--only",

@@ -131,3 +131,11 @@ def test_summary_sets_each_paper_step_against_the_matmul_rate():
   # At 250 GFLOP/s the JAX step would take 2.4 s: 3 / 2.4 = 1.25x PyTorch's fastest.
   key = "direct convolutions / PyTorch's fastest, at most (every FLOP at the fastest rate)"
   assert summary[key] == pytest.approx(1.25)
+
+
+def test_upscale_rows_take_released_models_at_their_scale_or_x2_shapes():
+  bench = helpers.load_script("benchmark_speed")
+  config, params = bench.upscale_model("x4")
+  assert config.data.scale == 4 and "posterior" not in params
+  config, params = bench.upscale_model("8x2")
+  assert config.data.scale == 2 and config.model.features == 8 and config.model.num_blocks == 2

@@ -128,15 +128,24 @@ def bicubic_scores(scale: int, set_name: str) -> dict:
 
 def tables(models: list[str], out: Path) -> str:
   """Per scale: bicubic, the published rows and ours on the three sets."""
+  import jax  # pylint: disable=g-import-not-at-top
+
   from percvae_jax import inference  # pylint: disable=g-import-not-at-top
+  from percvae_jax.models import vae  # pylint: disable=g-import-not-at-top
 
   published = published_rows(DATA / "README.md")
   ours: dict[int, dict] = {}
+  cost: dict[str, str] = {}
   for model in models:
     is_workdir = os.path.isdir(model)
-    config = inference.load_model(model if is_workdir else None, None if is_workdir else model)[0]
+    config, _, params, _ = inference.load_model(
+      model if is_workdir else None, None if is_workdir else model
+    )
     scale = config.data.scale
     ours.setdefault(scale, {})[model] = {s: evaluate_model(model, s, out) for s in SETS}
+    count = sum(x.size for k, v in params.items() if k != "posterior" for x in jax.tree.leaves(v))
+    flops = vae.generation_flops_per_pixel(params, scale)
+    cost[model] = f"{count / 1e3:.0f}K params, {flops / 1e3:.1f} KFLOP/px"
   lines, summary = [], {}
   for scale in SCALES:
     bicubic = {
@@ -168,7 +177,7 @@ def tables(models: list[str], out: Path) -> str:
         )
     for model, results in ours.get(scale, {}).items():
       lines.append(
-        f"| **percvae_jax {Path(model).name}** | "
+        f"| **percvae_jax {Path(model).name}** ({cost[model]}) | "
         + " | ".join(cell(results[s]["model"]) for s in SETS)
         + " |"
       )

@@ -18,9 +18,11 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
 from percvae_jax import evaluate, inference, lpips, released
+from percvae_jax.models import vae
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = ("Set5", "Set14", "BSD100")
@@ -84,9 +86,15 @@ def main(argv=None) -> int:
         f"its criterion ({metric}); pass --force to replace it anyway."
       )
       return 1
+  shipped = {k: v for k, v in params.items() if k not in released.TRAINING_ONLY}
+  count = int(sum(np.size(x) for x in jax.tree.leaves(shipped)))
+  flops = vae.generation_flops_per_pixel(shipped, config.data.scale)
+  print(f"{args.name}: {count:,} parameters, {flops / 1e3:.1f} KFLOP per output pixel")
   release = {
     "name": args.name,
     "step": int(step),
+    "params": count,
+    "conv_flops_per_px": flops,
     "criterion": metric,
     "scores": scores,
     "protocol": "classic (HR mod-cropped, bicubic LR, Y-PSNR/SSIM with scale px "

@@ -31,8 +31,10 @@ from percvae_jax.errors import (
 )
 
 # What a checkpoint holds of the train state: everything that decides the rest of
-# the run (the data order is a function of seed and step).
+# the run (the data order is a function of seed and step), and the weights' moving
+# average where the run keeps one (train.ema_decay), which inference then uses.
 CHECKPOINTED = ("step", "params", "opt_state", "rng")
+EMA = "ema_params"
 STATE_ITEM = "default"  # the name single-item checkpoints of earlier versions used.
 CONFIG_ITEM = "config"
 CONFIG_FILE = "config.json"
@@ -123,7 +125,10 @@ class _DropOrbaxInfo:
 
 
 def checkpointed(state) -> dict:
-  return {k: getattr(state, k) for k in CHECKPOINTED}
+  saved = {k: getattr(state, k) for k in CHECKPOINTED}
+  if getattr(state, EMA, None) is not None:
+    saved[EMA] = getattr(state, EMA)
+  return saved
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, config) -> None:
@@ -220,23 +225,25 @@ def check_compatible(checkpoints: ocp.CheckpointManager, step: int, params) -> N
 
 
 def restore_params(checkpoints: ocp.CheckpointManager, step: int, abstract_params, sharding):
-  """The parameters alone of the checkpoint at `step`, placed by `sharding`; needs a
-  read-only `manager`. The optimiser state is neither built nor read."""
+  """The parameters alone of the checkpoint at `step` (their moving average where it
+  holds one), placed by `sharding`; needs a read-only `manager`. The optimiser state is
+  neither built nor read."""
   check_compatible(checkpoints, step, abstract_params)
+  key = EMA if EMA in _saved_state_tree(checkpoints, step) else "params"
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract_params)
   restored = checkpoints.restore(
     step,
     args=ocp.args.Composite(
       **{
         STATE_ITEM: ocp.args.PyTreeRestore(
-          item={"params": abstract_params},
-          restore_args={"params": restore_args},
+          item={key: abstract_params},
+          restore_args={key: restore_args},
           partial_restore=True,
         )
       }
     ),
   )
-  return restored[STATE_ITEM]["params"]
+  return restored[STATE_ITEM][key]
 
 
 def save_config(config, workdir: str) -> None:

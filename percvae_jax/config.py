@@ -43,7 +43,9 @@ def base() -> ml_collections.ConfigDict:
   # The objective (losses.py): alpha * L_vae + prior_recon_weight * L_prior
   # + gamma * L_perceptual.
   config.loss.alpha = 1.0  # weight of L_vae.
-  config.loss.recon_weight = 1.0  # weight of the pixel MSE inside L_vae.
+  # The pixel distance of both reconstruction terms: mse, l1 or charbonnier.
+  config.loss.pixel_loss = "mse"
+  config.loss.recon_weight = 1.0  # weight of the pixel distance inside L_vae.
   config.loss.kl_weight = 1e-3  # weight of the KL inside L_vae (per HR value).
   # Weight of the pixel MSE of the generated output (decoded from the prior's mean).
   config.loss.prior_recon_weight = 1.0
@@ -82,6 +84,9 @@ def base() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
   config.train.on_nonfinite = "stop"  # stop, or skip (the update, counted).
+  # >0: keep an exponential moving average of the weights with this decay, and
+  # evaluate and release it; 0: the weights themselves.
+  config.train.ema_decay = 0.0
   return config
 
 
@@ -138,6 +143,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
 DATASETS = ("oxford_iiit_pet", "folder", "embedded")
 MODELS = ("srvae", "seed")
 REDUCTIONS = ("mean", "sum")
+PIXEL_LOSSES = ("mse", "l1", "charbonnier")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -216,6 +222,7 @@ RANGES = {
   "train.eval_every": (1, None, True),
   "train.checkpoint_every": (1, None, True),
   "train.keep_checkpoints": (1, None, True),
+  "train.ema_decay": (0.0, 0.99999, True),
 }
 
 
@@ -245,6 +252,7 @@ def validate(config, num_devices: int) -> None:
   _choice("model.name", config.model.name, MODELS)
   _choice("data.scale", data.scale, SCALES)
   _choice("loss.reduction", loss.reduction, REDUCTIONS)
+  _choice("loss.pixel_loss", loss.pixel_loss, PIXEL_LOSSES)
   _choice("train.lr_schedule", train.lr_schedule, SCHEDULES)
   _choice("train.compute_dtype", train.compute_dtype, DTYPES)
   _choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_POLICIES)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -191,10 +192,65 @@ def project_onto_lr_in_range(sr, lr, scale: int, blur_sigma: float):
   return x
 
 
+# Upscaling by an integer factor reads LR px -2..+2 around each output pixel.
+_UPSCALE_TAPS = 5
+
+
+@functools.lru_cache(maxsize=256)
+def _upscale_phases(size: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+  """PIL's bicubic upscaling of `size` px by `scale`, as polyphase taps: (scale, 5)
+  weights of LR px -2..+2 for each output phase, the same for every output pixel
+  whose taps lie inside the image; and the `bicubic_matrix` it comes from, whose rows
+  within 2 * scale px of either end (taps renormalised at the border) stay exact."""
+  matrix = bicubic_matrix(size, size * scale)
+  centre = size // 2
+  phases = matrix[scale * centre : scale * (centre + 1), centre - 2 : centre + 3]
+  interior = matrix[2 * scale : (size - 2) * scale]
+  rebuilt = np.zeros_like(interior)
+  for q in range(2, size - 2):
+    rebuilt[(q - 2) * scale : (q - 1) * scale, q - 2 : q + 3] = phases
+  assert np.allclose(interior, rebuilt, atol=1e-12), "bicubic upscaling is not polyphase"
+  return phases, matrix
+
+
+def _upscale_axis(images, axis: int, scale: int):
+  """Bicubic upscaling along one axis: 5 shifted multiply-adds per output phase, then
+  the 2 * scale border rows at each end from the exact matrix."""
+  size = images.shape[axis]
+  phases, matrix = _upscale_phases(size, scale)
+  taps, border = _UPSCALE_TAPS, 2 * scale
+  padding = [(0, 0)] * images.ndim
+  padding[axis] = (2, 2)
+  padded = jnp.pad(images, padding, mode="edge")  # read only by the border rows.
+  shifted = [jax.lax.slice_in_dim(padded, k, k + size, axis=axis) for k in range(taps)]
+  out = jnp.stack(
+    [sum(float(w) * x for w, x in zip(phase, shifted)) for phase in phases], axis=axis + 1
+  )
+  out = out.reshape(images.shape[:axis] + (size * scale,) + images.shape[axis + 1 :])
+
+  def rows(weights, part):
+    weights = jnp.asarray(weights, images.dtype)
+    return jnp.moveaxis(jnp.tensordot(weights, part, axes=([1], [axis])), 0, axis)
+
+  first = rows(matrix[:border, :taps], jax.lax.slice_in_dim(images, 0, taps, axis=axis))
+  last = rows(matrix[-border:, -taps:], jax.lax.slice_in_dim(images, size - taps, size, axis=axis))
+  middle = jax.lax.slice_in_dim(out, border, size * scale - border, axis=axis)
+  return jnp.concatenate([first, middle, last], axis=axis)
+
+
 def bicubic_upscale(lr, scale: int):
-  """The bicubic baseline: LR float images upscaled by `scale` (unclipped)."""
+  """The bicubic baseline: LR float images upscaled by `scale` (unclipped), PIL-exact.
+
+  As polyphase taps where the image allows (sides of 8 px or more): 4-10x less CPU
+  time than `bicubic_resize`'s dense matrices, whose cost grows with the side (at x4
+  on a 256 px tile, 6 ms against 58, ~15% of the fidelity model's whole pass), and
+  equal to them to float rounding.
+  """
   h, w = lr.shape[-3], lr.shape[-2]
-  return bicubic_resize(lr, h * scale, w * scale)
+  if min(h, w) < 8:
+    return bicubic_resize(lr, h * scale, w * scale)
+  lr = jnp.asarray(lr, lr.dtype if jnp.issubdtype(lr.dtype, jnp.floating) else jnp.float32)
+  return _upscale_axis(_upscale_axis(lr, lr.ndim - 3, scale), lr.ndim - 2, scale)
 
 
 def lr_from_hr(hr_uint8, data_config):

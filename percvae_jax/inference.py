@@ -293,23 +293,35 @@ def load_upscaler(
 
 def initial_params(config, params):
   """`params` overwritten by those of `config.train.init_from` where it has them (a
-  released model lacks the posterior, which keeps its fresh initialisation)."""
+  released model lacks the posterior, which keeps its fresh initialisation). A model
+  of another scale and the same `config.model` gives all but the layers whose shape
+  depends on the scale (the upsampling head, the posterior's input): pretraining at x2
+  then fine-tuning at x3 or x4, as EDSR does."""
   source = config.train.init_from
   if not source:
     return params
   is_workdir = os.path.isdir(source)
   loaded_config, _, loaded, _ = load_model(
-    workdir=source if is_workdir else None,
-    name=None if is_workdir else source,
-    scale=config.data.scale,
+    workdir=source if is_workdir else None, name=None if is_workdir else source
   )
   fresh = flax.traverse_util.flatten_dict(params)
   given = flax.traverse_util.flatten_dict(jax.device_get(loaded))
+  other_scale = loaded_config.data.scale != config.data.scale
+  same_model = loaded_config.model.to_dict() == config.model.to_dict()
   wrong = [k for k in given if k in fresh and given[k].shape != fresh[k].shape]
+  if other_scale and same_model:
+    wrong = []  # the scale's own layers start fresh.
   if wrong or not set(given) & set(fresh):
     raise ConfigError(
       f"config.train.init_from={source!r} holds a model of another shape (model "
       f"{loaded_config.model.to_dict()}); give this run the same config.model fields."
     )
-  logging.info("Starting from the parameters of %s.", source)
-  return flax.traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})
+  kept = {k: v for k, v in given.items() if k in fresh and v.shape == fresh[k].shape}
+  logging.info(
+    "Starting from the parameters of %s%s.",
+    source,
+    f" (x{loaded_config.data.scale}; the layers of x{config.data.scale}'s shape fresh)"
+    if other_scale
+    else "",
+  )
+  return flax.traverse_util.unflatten_dict({k: kept.get(k, v) for k, v in fresh.items()})

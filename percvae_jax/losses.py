@@ -1,13 +1,14 @@
 """The objective: total = alpha * L_vae + prior_recon_weight * L_prior + gamma * L_perceptual.
 
-L_vae = recon_weight * MSE(SR, HR) + kl_weight * KL, on the VAE's training pass (the
-decoder fed a posterior sample), reduced by `loss.reduction`:
+L_vae = recon_weight * D(SR, HR) + kl_weight * KL, on the VAE's training pass (the
+decoder fed a posterior sample), D the pixel distance `loss.pixel_loss` (mse, l1, or
+charbonnier: sqrt(d^2 + eps^2), L1 made smooth at 0), reduced by `loss.reduction`:
   "sum"  as the paper (torch's reduction="sum"): summed over the batch and every
          pixel value, and the KL summed over the batch and latent units;
   "mean" the pixel MSE averaged over all values, and the KL summed over latent
          units, averaged over the batch and divided by the HR values per image, so
          both are per HR value and their weights do not depend on image size.
-L_prior = MSE of the generated output (decoded from the prior's mean: what `generate`,
+L_prior = D of the generated output (decoded from the prior's mean: what `generate`,
 `evaluate` and `upscale` give), reduced likewise. The posterior sees the HR, so a
 decoder trained only through it learns to read the HR from the latent and leaves the
 path users get untrained; this term trains that path (the "hybrid" objective of Sohn
@@ -30,11 +31,19 @@ import jax
 import jax.numpy as jnp
 
 _NORM_EPS = 1e-10
+# Charbonnier's epsilon: 1e-3 of the [0,1] range, LapSRN's; below a quantisation step.
+CHARBONNIER_EPS = 1e-3
 
 
-def reconstruction(sr, hr, reduction: str):
-  squared = (sr.astype(jnp.float32) - hr.astype(jnp.float32)) ** 2
-  return jnp.sum(squared) if reduction == "sum" else jnp.mean(squared)
+def reconstruction(sr, hr, reduction: str, pixel_loss: str = "mse"):
+  diff = sr.astype(jnp.float32) - hr.astype(jnp.float32)
+  if pixel_loss == "l1":
+    values = jnp.abs(diff)
+  elif pixel_loss == "charbonnier":
+    values = jnp.sqrt(diff**2 + CHARBONNIER_EPS**2)
+  else:
+    values = diff**2
+  return jnp.sum(values) if reduction == "sum" else jnp.mean(values)
 
 
 def kl_term(kl_per_example, hr_shape, reduction: str):
@@ -88,11 +97,12 @@ def perceptual_input(loss_config, outputs):
 
 def objective(loss_config, outputs, hr, perceptual_loss):
   """(total, terms) for the model's `outputs` ({"sr", "kl"[, "generated"]})."""
-  recon = reconstruction(outputs["sr"], hr, loss_config.reduction)
+  pixel = loss_config.pixel_loss
+  recon = reconstruction(outputs["sr"], hr, loss_config.reduction, pixel)
   kl = kl_term(outputs["kl"], hr.shape, loss_config.reduction)
   vae = loss_config.recon_weight * recon + loss_config.kl_weight * kl
   prior_recon = (
-    reconstruction(outputs["generated"], hr, loss_config.reduction)
+    reconstruction(outputs["generated"], hr, loss_config.reduction, pixel)
     if "generated" in outputs
     else jnp.zeros((), jnp.float32)
   )

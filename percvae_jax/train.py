@@ -69,12 +69,11 @@ def make_train_step(config, vgg_module):
     # A non-finite gradient's update is skipped (apply_if_finite): the parameters and
     # Adam's moments stay those of the last good step.
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-      step=state.step + 1,
-      rng=rng,
-      opt_state=opt_state,
-      params=optax.apply_updates(state.params, updates),
-    )
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, rng=rng, opt_state=opt_state, params=params)
+    if state.ema_params is not None:
+      ema = state_lib.ema_update(state.ema_params, params, state.step, config.train.ema_decay)
+      new_state = new_state.replace(ema_params=ema)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
     terms = dict(
@@ -166,6 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     elif config.train.init_from:
       params = jax.device_put(inference.initial_params(config, state.params), parallel.replicated)
       state = state.replace(params=params, opt_state=state.tx.init(params))
+      if state.ema_params is not None:
+        state = state.replace(ema_params=jax.tree.map(jnp.copy, params))
     if is_writer:
       checkpoints.save_config(config, workdir)
     try:
@@ -224,7 +225,8 @@ def _loop(
       reporting.log_progress(step, train.num_steps, values, train.batch_size)
       log_time, log_step = time.perf_counter(), step
     if step % train.eval_every == 0 or last:
-      last_eval, images = evaluate(config, state.params, eval_step, eval_hr, parallel)
+      params = state_lib.eval_params(state)
+      last_eval, images = evaluate(config, params, eval_step, eval_hr, parallel)
       reporter.write(step, last_eval, split="eval")
       reporter.write_grid(step, "eval/lr_sr_hr", images, ("lr", "sr", "hr"))
       logging.info("eval at step %d: %s", step, reporting.format_terms(last_eval))

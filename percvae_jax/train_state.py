@@ -27,6 +27,21 @@ class TrainState:
   vgg_params: Any  # frozen; loaded from the weights, never checkpointed.
   apply_fn: Any = flax.struct.field(pytree_node=False)
   tx: Any = flax.struct.field(pytree_node=False)
+  # With train.ema_decay > 0, the weights' exponential moving average: what evaluation,
+  # releases and inference use (checkpointed beside the params); None without.
+  ema_params: Any = None
+
+
+def ema_update(ema, params, step, decay: float):
+  """One step of the weights' moving average. Its decay ramps up as (1 + t) / (10 + t)
+  to `decay`, so that the average of a short run is not held by its first steps."""
+  rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
+
+
+def eval_params(state):
+  """The parameters evaluated and released: the moving average where there is one."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def compute_dtype(config):
@@ -79,4 +94,6 @@ def create_train_state(config, model, vgg_params) -> TrainState:
     vgg_params=vgg_params,
     apply_fn=model.apply,
     tx=tx,
+    # A copy: the step donates the state's buffers, each once.
+    ema_params=jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None,
   )

@@ -126,15 +126,23 @@ def bicubic_scores(scale: int, set_name: str) -> dict:
 
 def tables(models: list[str], out: Path) -> str:
   """Per scale: bicubic, the published rows and ours on the three sets."""
-  from percvae_jax import inference
+  import jax
+
+  from percvae_jax import flops, inference
 
   published = published_rows(data_path("README.md"))
   ours: dict[int, dict] = {}
+  cost: dict[str, str] = {}
   for model in models:
     is_workdir = os.path.isdir(model)
-    config = inference.load_model(model if is_workdir else None, None if is_workdir else model)[0]
+    config, net, params, _ = inference.load_model(
+      model if is_workdir else None, None if is_workdir else model
+    )
     scale = config.data.scale
     ours.setdefault(scale, {})[model] = {s: evaluate_model(model, s, out) for s in SETS}
+    count = sum(x.size for k, v in params.items() if k != "posterior" for x in jax.tree.leaves(v))
+    flops_per_px = flops.per_output_pixel(net, params, scale)
+    cost[model] = f"{count / 1e3:.0f}K params, {flops_per_px / 1e3:.1f} KFLOP/px"
   lines, summary = [], {}
   for scale in SCALES:
     bicubic = {
@@ -166,7 +174,7 @@ def tables(models: list[str], out: Path) -> str:
         )
     for model, results in ours.get(scale, {}).items():
       lines.append(
-        f"| **percvae_jax {Path(model).name}** | "
+        f"| **percvae_jax {Path(model).name}** ({cost[model]}) | "
         + " | ".join(cell(results[s]["model"]) for s in SETS)
         + " |"
       )

@@ -18,9 +18,10 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
-from percvae_jax import data_root, inference, losses, released, scoring
+from percvae_jax import data_root, flops, inference, losses, released, scoring
 
 SETS = data_root.EVAL_SETS
 
@@ -67,9 +68,15 @@ def main(argv=None) -> int:
         f"its criterion ({metric}); pass --force to replace it anyway."
       )
       return 1
+  shipped = {k: v for k, v in params.items() if k not in released.TRAINING_ONLY}
+  count = int(sum(np.size(x) for x in jax.tree.leaves(shipped)))
+  flops_per_px = flops.per_output_pixel(model, shipped, config.data.scale)
+  print(f"{args.name}: {count:,} parameters, {flops_per_px / 1e3:.1f} KFLOP per output pixel")
   release = {
     "name": args.name,
     "step": int(step),
+    "params": count,
+    "flops_per_px": flops_per_px,
     "criterion": metric,
     "scores": scores,
     "protocol": "classic (HR mod-cropped, bicubic LR, Y-PSNR/SSIM with scale px "

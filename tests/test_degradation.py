@@ -1,5 +1,6 @@
 """The degradation pinned down against PIL, the reference the paper's pipeline used."""
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,6 +46,18 @@ def test_bicubic_matches_pil_on_8bit_photo():
   # PIL's 8-bit path rounds between its two passes: at most one level apart.
   assert np.abs(ours - pil).max() <= 1
   assert np.mean(ours == pil) > 0.85
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(2, 37, 50, 3), (8, 9, 1), (5, 40, 3)])
+def test_polyphase_upscaling_equals_the_dense_matrices_and_pil(scale, shape):
+  lr = RNG.uniform(0, 1, shape).astype(np.float32)
+  h, w = shape[-3], shape[-2]
+  ours = np.asarray(jax.jit(lambda x: degradation.bicubic_upscale(x, scale))(lr))
+  dense = np.asarray(degradation.bicubic_resize(lr, h * scale, w * scale))
+  np.testing.assert_allclose(ours, dense, atol=1e-6)
+  pil = pil_bicubic_float(lr.reshape((-1,) + shape[-3:])[0] * 255, h * scale, w * scale) / 255
+  np.testing.assert_allclose(ours.reshape((-1,) + ours.shape[-3:])[0], pil, atol=1e-5)
 
 
 def test_degrade_shrinks_by_the_scale_and_blurs():

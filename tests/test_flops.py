@@ -9,8 +9,9 @@ import pytest
 from jax import lax
 
 from percvae_jax import flops, losses
-from percvae_jax.models import vgg_layout
+from percvae_jax.models import vae, vgg_layout
 from tests import helpers
+from tests.helpers import tiny_config
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -118,3 +119,18 @@ def test_per_output_pixel_counts_a_generate_path():
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), lr)["params"]
   expected = 2 * 12 * 3 * (3 * 16 - 2) ** 2 / 32**2
   assert flops.per_output_pixel(model, params, scale=2, lr_size=16) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_a_models_flops_per_output_pixel_are_its_convolutions_and_upsampling(scale):
+  config = tiny_config(data__scale=scale, model__features=8, model__num_blocks=2)
+  model = vae.create(config)
+  params = vae.init_params(model, config, jax.random.PRNGKey(0))
+  f, latent = 8, config.model.latent_channels
+  # LR encoder (in, one block, out), prior (in, one block, out), decoder (the same).
+  macs = [3 * f, 2 * f * f, f * f, f * f, 2 * f * f, f * 2 * latent]
+  macs += [(f + latent) * f, 2 * f * f, f * 3 * scale**2]
+  convolutions = 2 * 9 * sum(macs) / scale**2  # every tap, the border's included.
+  counted = flops.per_output_pixel(model, params, scale)
+  # Fewer taps at the border; bicubic upsampling's products on top.
+  assert 0.95 * convolutions < counted < 1.3 * convolutions

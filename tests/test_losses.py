@@ -1,10 +1,13 @@
 """The objective's terms: the perceptual feature distances and how the total adds up."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from percvae_jax import config as config_lib
 from percvae_jax import losses
+from percvae_jax.errors import ConfigError
 from tests.helpers import tiny_config
 
 RNG = np.random.default_rng(0)
@@ -98,3 +101,21 @@ def test_the_generated_output_is_computed_only_when_a_term_needs_it():
     losses.perceptual_input(tiny_config(loss__perceptual_on="generated").loss, out)
     is out["generated"]
   )
+
+
+def test_pixel_losses_of_both_reconstruction_terms():
+  hr = jnp.zeros((2, 8, 8, 3))
+  for pixel, recon, prior in (("mse", 0.25, 0.0625), ("l1", 0.5, 0.25)):
+    config = tiny_config(loss__pixel_loss=pixel)
+    _, terms = losses.objective(config.loss, outputs(), hr, jnp.float32(0.0))
+    assert float(terms["recon"]) == pytest.approx(recon)
+    assert float(terms["prior_recon"]) == pytest.approx(prior)
+  # Charbonnier: L1 away from 0, and smooth at 0, where its value is epsilon.
+  diffs = jnp.array([0.0, 0.5, -0.5])[:, None, None, None]
+  values = [float(losses.reconstruction(d, jnp.zeros(()), "mean", "charbonnier")) for d in diffs]
+  assert values == pytest.approx([losses.CHARBONNIER_EPS, 0.5, 0.5], rel=1e-5)
+  assert (
+    jax.grad(lambda d: losses.reconstruction(d, jnp.zeros(()), "sum", "charbonnier"))(0.0) == 0.0
+  )
+  with pytest.raises(ConfigError, match="loss.pixel_loss"):
+    config_lib.validate(tiny_config(loss__pixel_loss="l2"), 1)

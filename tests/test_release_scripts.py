@@ -6,9 +6,11 @@ and small generated photos, so they cannot rot."""
 import json
 import math
 
+import jax
 import pytest
 
-from percvae_jax import released
+from percvae_jax import flops, released
+from percvae_jax.models import vae
 from tests import helpers
 
 
@@ -30,6 +32,10 @@ def test_release_model_writes_only_a_better_release(tiny_workdir, data_root, tmp
   assert released.names(str(root)) == ["x2"]
   recorded = released.metadata("x2", str(root))
   assert recorded["criterion"] == "psnr_y" and recorded["step"] == helpers.TINY_STEPS
+  # Its cost beside its scores: the shipped parameters and their FLOPs per pixel.
+  config, params = released.load("x2", str(root))
+  assert recorded["params"] == sum(v.size for v in jax.tree.leaves(params))
+  assert recorded["flops_per_px"] == flops.per_output_pixel(vae.create(config), params, 2) > 0
   for name in ("Set5", "Set14", "BSD100"):
     assert math.isfinite(recorded["scores"][name]["psnr_y"])
   written = (root / "x2" / "params.msgpack").stat().st_mtime_ns

@@ -227,17 +227,23 @@ def init_params(model: nn.Module, config, key: jax.Array):
   return model.init({"params": params_key, "latent": latent_key}, lr, hr)["params"]
 
 
-def generation_reach(model: nn.Module, params) -> int:
-  """How many LR px on each side of a pixel `generate` may read (fully convolutional
-  models): the kernels on its one path (LR encoder -> prior -> decoder; the posterior
-  never runs), bicubic upsampling's 2 px, and the LR projection's reach."""
-  kernels = [
+def generation_kernels(params) -> list:
+  """The convolution kernels `generate` runs (fully convolutional models): those of
+  its one path, LR encoder -> prior -> decoder; the posterior never runs."""
+  return [
     leaf
     for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     if getattr(path[-1], "key", None) == "kernel"
     and leaf.ndim == 4
     and getattr(path[0], "key", None) != "posterior"
   ]
+
+
+def generation_reach(model: nn.Module, params) -> int:
+  """How many LR px on each side of a pixel `generate` may read (fully convolutional
+  models): the kernels on its one path (`generation_kernels`), bicubic upsampling's
+  2 px, and the LR projection's reach."""
+  kernels = generation_kernels(params)
   reach = sum(max(k.shape[0], k.shape[1]) // 2 for k in kernels) + degradation.BICUBIC_REACH
   if getattr(model, "lr_consistent", False):
     rounds = 1 + degradation.RANGE_ITERATIONS  # each projection reads further.

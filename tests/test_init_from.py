@@ -1,0 +1,44 @@
+"""train.init_from across scales: an x2 run's parameters start an x3 or x4 run."""
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from percvae_jax import inference
+from percvae_jax.errors import ConfigError
+from percvae_jax.models import vae
+from tests.helpers import tiny_config
+
+
+def fresh_params(config):
+  return vae.init_params(vae.create(config), config, jax.random.PRNGKey(7))
+
+
+@pytest.mark.parametrize("scale", [3, 4])
+def test_a_model_of_another_scale_gives_all_but_its_scales_layers(tiny_workdir, scale):
+  _, _, trained, _ = inference.restore_model(tiny_workdir)
+  config = tiny_config(
+    model__num_blocks=1, data__scale=scale, data__hr_size=12 * scale, train__init_from=tiny_workdir
+  )
+  fresh = fresh_params(config)
+  started = flax.traverse_util.flatten_dict(inference.initial_params(config, fresh))
+  trained = flax.traverse_util.flatten_dict(jax.device_get(trained))
+  fresh = flax.traverse_util.flatten_dict(fresh)
+  differ = sorted(k for k in fresh if trained[k].shape != fresh[k].shape)
+  # The decoder's head (3 * scale^2 outputs) and the posterior's input (the HR's
+  # residual at LR resolution, 3 * scale^2 channels).
+  assert [(k[0], k[-1]) for k in differ] == [
+    ("decoder", "bias"),
+    ("decoder", "kernel"),
+    ("posterior", "kernel"),
+  ]
+  for key, value in started.items():
+    expected = fresh[key] if key in differ else trained[key]
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(expected))
+
+
+def test_a_model_of_other_features_is_still_refused(tiny_workdir):
+  config = tiny_config(model__num_blocks=1, model__features=12, train__init_from=tiny_workdir)
+  with pytest.raises(ConfigError, match="another shape"):
+    inference.initial_params(config, fresh_params(config))

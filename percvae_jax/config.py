@@ -79,6 +79,9 @@ def base() -> ml_collections.ConfigDict:
   # Start from the parameters of a run's --workdir or of a released model (its name);
   # empty: a fresh initialisation. A run's own checkpoints take precedence (resume).
   config.train.init_from = ""
+  # Where init_from has no posterior (a release): start it equal to the prior (q = p,
+  # KL 0) rather than fresh (q = N(0, I)), whose KL inflates the prior's spread.
+  config.train.posterior_from_prior = False
   config.train.compute_dtype = "float32"  # or bfloat16 (parameters stay float32).
   config.train.log_every = 50
   config.train.eval_every = 1000

@@ -208,7 +208,8 @@ def load_upscaler(
 
 def initial_params(config, params):
   """`params` overwritten by those of `config.train.init_from` where it has them (a
-  released model lacks the posterior, which keeps its fresh initialisation)."""
+  released model lacks the posterior, which keeps its fresh initialisation, or with
+  `train.posterior_from_prior` starts equal to the prior: vae.posterior_from_prior)."""
   source = config.train.init_from
   if not source:
     return params
@@ -227,4 +228,7 @@ def initial_params(config, params):
       f"{loaded_config.model.to_dict()}); give this run the same config.model fields."
     )
   logging.info("Starting from the parameters of %s.", source)
-  return flax.traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})
+  merged = flax.traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})
+  if config.train.posterior_from_prior and "posterior" in merged and "posterior" not in loaded:
+    merged["posterior"] = vae.posterior_from_prior(merged["prior"], merged["posterior"])
+  return merged

@@ -1,5 +1,6 @@
 """Training the prior's samples (loss.samples): the samples the SR-VAE draws in its
-training pass, the terms that judge them, their validation, and the train step."""
+training pass, the terms that judge them, their validation, the train step, and a
+fine-tuning's posterior started at the prior (train.posterior_from_prior)."""
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +141,11 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
 def test_sampling_configs_that_cannot_work_are_refused(overrides, message):
   with pytest.raises(ConfigError, match=message):
     config_lib.validate(sampling_config(**overrides), 1)
+
+
+def test_a_posterior_started_from_the_prior_equals_it_whatever_the_hr():
+  config = tiny_config()
+  params = perturbed_params(config)
+  assert float(jnp.min(training_pass(config, params)["kl"])) > 1e-3
+  params = dict(params, posterior=vae.posterior_from_prior(params["prior"], params["posterior"]))
+  np.testing.assert_allclose(training_pass(config, params)["kl"], 0.0, atol=1e-4)

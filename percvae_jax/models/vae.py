@@ -237,6 +237,23 @@ def init_params(model: nn.Module, config, key: jax.Array):
   return model.init({"params": params_key, "latent": latent_key}, lr, hr)["params"]
 
 
+def posterior_from_prior(prior, posterior):
+  """Posterior parameters whose q equals the prior: the prior's weights on the LR
+  features, zeros on the HR's residual (the posterior's extra input channels).
+
+  A release ships no posterior, so a fine-tuning from one starts with a fresh q =
+  N(0, I); its KL then pulls the prior's spread towards 1, and nothing else trains
+  the prior's log-variance, so Adam moves it at full step whatever kl_weight (the
+  released x4-perceptual's prior sigma: 2x x4's in flat regions,
+  scripts/diagnose_samples.py). Started at q = p, the KL is 0 and the posterior
+  departs from the prior only as far as the HR teaches it.
+  """
+  on_features = prior["Conv_0"]["kernel"]
+  kernel = jnp.zeros_like(posterior["Conv_0"]["kernel"])
+  kernel = kernel.at[:, :, : on_features.shape[2]].set(on_features)
+  return dict(prior, Conv_0=dict(prior["Conv_0"], kernel=kernel))
+
+
 def generation_reach(model: nn.Module, params) -> int:
   """How many LR px on each side of a pixel `generate` may read (fully convolutional
   models): the kernels on its one path (LR encoder -> prior -> decoder; the posterior

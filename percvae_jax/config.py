@@ -64,6 +64,14 @@ def base() -> ml_collections.ConfigDict:
   # How the VGG16's convolutions run: auto (on CPUs in float32 models/winograd.py's:
   # Winograd's algorithm after conv1_1; direct elsewhere), direct, or winograd.
   config.loss.vgg_convolution = "auto"
+  # Train the prior's samples as outputs (losses.py; srvae only): `samples` prior
+  # samples per crop at `sample_temperature`, each judged by the perceptual term
+  # (sample_weight) and the nearest of them at each feature position
+  # (sample_best_weight). 0 samples: the samples are never trained.
+  config.loss.samples = 0
+  config.loss.sample_temperature = 1.0
+  config.loss.sample_weight = 0.0
+  config.loss.sample_best_weight = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # global, split over all devices.
@@ -78,6 +86,9 @@ def base() -> ml_collections.ConfigDict:
   # Start from the parameters of a run's --workdir or of a released model (its name);
   # empty: a fresh initialisation. A run's own checkpoints take precedence (resume).
   config.train.init_from = ""
+  # Where init_from has no posterior (a release): start it equal to the prior (q = p,
+  # KL 0) rather than fresh (q = N(0, I)), whose KL inflates the prior's spread.
+  config.train.posterior_from_prior = False
   config.train.compute_dtype = "float32"  # or bfloat16 (parameters stay float32).
   config.train.log_every = 50
   config.train.eval_every = 1000
@@ -212,6 +223,10 @@ RANGES = {
   "loss.recon_weight": (0.0, None, True),
   "loss.kl_weight": (0.0, None, True),
   "loss.prior_recon_weight": (0.0, None, True),
+  "loss.samples": (0, None, True),
+  "loss.sample_temperature": (0.0, None, False),
+  "loss.sample_weight": (0.0, None, True),
+  "loss.sample_best_weight": (0.0, None, True),
   "train.batch_size": (1, None, True),
   "train.num_steps": (1, None, True),
   "train.max_seconds": (0.0, None, True),
@@ -298,6 +313,17 @@ def validate(config, num_devices: int) -> None:
     raise ConfigError(
       "every loss weight is 0, so nothing would be learned; set "
       "config.loss.recon_weight, prior_recon_weight or gamma above 0."
+    )
+  if loss.samples > 0 and config.model.name != "srvae":
+    raise ConfigError(
+      f"config.loss.samples={loss.samples}: only model.name=srvae draws prior samples "
+      "while training; set config.loss.samples=0."
+    )
+  if (loss.samples > 0) != (loss.sample_weight + loss.sample_best_weight > 0):
+    raise ConfigError(
+      f"config.loss.samples={loss.samples} with sample_weight={loss.sample_weight} and "
+      f"sample_best_weight={loss.sample_best_weight}: drawn samples need a weight, "
+      "and a weight needs samples; set both, or neither."
     )
   if losses.uses_perceptual(loss):
     perceptual_taps(config)

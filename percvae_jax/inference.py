@@ -293,10 +293,11 @@ def load_upscaler(
 
 def initial_params(config, params):
   """`params` overwritten by those of `config.train.init_from` where it has them (a
-  released model lacks the posterior, which keeps its fresh initialisation). A model
-  of another scale and the same `config.model` gives all but the layers whose shape
-  depends on the scale (the upsampling head, the posterior's input): pretraining at x2
-  then fine-tuning at x3 or x4, as EDSR does."""
+  released model lacks the posterior, which keeps its fresh initialisation, or with
+  `train.posterior_from_prior` starts equal to the prior). A model of another scale and
+  the same `config.model` gives all but the layers whose shape depends on the scale (the
+  upsampling head, the posterior's input): pretraining at x2 then fine-tuning at x3 or
+  x4, as EDSR does."""
   source = config.train.init_from
   if not source:
     return params
@@ -324,4 +325,7 @@ def initial_params(config, params):
     if other_scale
     else "",
   )
-  return flax.traverse_util.unflatten_dict({k: kept.get(k, v) for k, v in fresh.items()})
+  merged = flax.traverse_util.unflatten_dict({k: kept.get(k, v) for k, v in fresh.items()})
+  if config.train.posterior_from_prior and "posterior" in merged and "posterior" not in loaded:
+    merged["posterior"] = vae.posterior_from_prior(merged["prior"], merged["posterior"])
+  return merged

@@ -42,6 +42,12 @@ def make_train_step(config, vgg_module):
   """A pure `train_step(state, batch) -> (state, metrics)` for `config`."""
   tap_weights = config_lib.perceptual_taps(config) if vgg_module is not None else ()
   generated = losses.needs_generated(config.loss)
+  # Only the SR-VAE draws prior samples in its training pass (validated).
+  sampling = (
+    {"samples": config.loss.samples, "temperature": config.loss.sample_temperature}
+    if losses.trains_samples(config.loss)
+    else {}
+  )
 
   def train_step(state: TrainState, batch):
     hr, lr = degradation.lr_from_hr(batch["hr"], config.data)
@@ -49,21 +55,14 @@ def make_train_step(config, vgg_module):
 
     def loss_fn(params):
       outputs = state.apply_fn(
-        {"params": params}, lr, hr, generated=generated, rngs={"latent": latent_key}
+        {"params": params}, lr, hr, generated=generated, rngs={"latent": latent_key}, **sampling
       )
-      perceptual = (
-        losses.perceptual(
-          vgg_module,
-          state.vgg_params,
-          losses.perceptual_input(config.loss, outputs),
-          hr,
-          tap_weights,
-          config.loss.perceptual_norm,
-        )
+      perceptual, samples = (
+        losses.perceptual_terms(config.loss, vgg_module, state.vgg_params, outputs, hr, tap_weights)
         if vgg_module is not None
-        else jnp.zeros((), jnp.float32)
+        else (jnp.zeros((), jnp.float32), {})
       )
-      return losses.objective(config.loss, outputs, hr, perceptual)
+      return losses.objective(config.loss, outputs, hr, perceptual, samples)
 
     (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # A non-finite gradient's update is skipped (apply_if_finite): the parameters and

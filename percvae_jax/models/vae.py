@@ -6,7 +6,8 @@ which one they hold:
     reparameterised training pass (z = mu + exp(0.5 * logvar) * eps) and the KL of
     each example's posterior to its prior, summed over latent units; with
     `generated=True` also "generated", the output `generate` gives for the same LR
-    (the path users get), computed in the same pass;
+    (the path users get), computed in the same pass; with `samples=K` (SRVAE only)
+    also "samples", K prior samples' outputs at `temperature`, (K, N, H, W, 3);
   - `model.apply(params, lr, method="generate")` -> sr from the latent's mean, and
     `method="generate", sample=True` (with a "latent" rng) -> one sample.
 """
@@ -191,7 +192,7 @@ class SRVAE(nn.Module):
       )
     return sr
 
-  def __call__(self, lr, hr, generated: bool = False):
+  def __call__(self, lr, hr, generated: bool = False, samples: int = 0, temperature: float = 1.0):
     features = self.lr_encoder(lr)
     upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
     # The posterior sees what the decoder must add (the HR's residual over bicubic),
@@ -201,14 +202,23 @@ class SRVAE(nn.Module):
     mu_p, logvar_p = split_gaussian(self.prior(features))
     z = reparameterise(self.make_rng("latent"), mu_q, logvar_q)
     kl = sum_per_example(gaussian_kl(mu_q, logvar_q, mu_p, logvar_p))
-    if not generated:
+    if not generated and not samples:
       return {"sr": self._decode(lr, upscaled, features, z), "kl": kl}
-    # Both outputs in one decoder pass: the posterior sample's and the prior mean's.
-    twice = lambda x: jnp.concatenate([x, x])
-    sr, mean = jnp.split(
-      self._decode(twice(lr), twice(upscaled), twice(features), jnp.concatenate([z, mu_p])), 2
-    )
-    return {"sr": sr, "kl": kl, "generated": mean}
+    # Every output in one decoder pass: the posterior sample's, the prior mean's, and
+    # `samples` prior samples' (so that the objective can train what users draw).
+    latents = [z] + ([mu_p] if generated else [])
+    latents += [
+      reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) for _ in range(samples)
+    ]
+    times = lambda x: jnp.concatenate([x] * len(latents))
+    decoded = self._decode(times(lr), times(upscaled), times(features), jnp.concatenate(latents))
+    decoded = decoded.reshape(len(latents), *lr.shape[:1], *decoded.shape[1:])
+    outputs = {"sr": decoded[0], "kl": kl}
+    if generated:
+      outputs["generated"] = decoded[1]
+    if samples:
+      outputs["samples"] = decoded[len(latents) - samples :]
+    return outputs
 
   def generate(self, lr, sample: bool = False, temperature: float = 1.0):
     features = self.lr_encoder(lr)
@@ -225,6 +235,23 @@ def init_params(model: nn.Module, config, key: jax.Array):
   lr = jnp.zeros((1, size // scale, size // scale, 3), jnp.float32)
   params_key, latent_key = jax.random.split(key)
   return model.init({"params": params_key, "latent": latent_key}, lr, hr)["params"]
+
+
+def posterior_from_prior(prior, posterior):
+  """Posterior parameters whose q equals the prior: the prior's weights on the LR
+  features, zeros on the HR's residual (the posterior's extra input channels).
+
+  A release ships no posterior, so a fine-tuning from one starts with a fresh q =
+  N(0, I); its KL then pulls the prior's spread towards 1, and nothing else trains
+  the prior's log-variance, so Adam moves it at full step whatever kl_weight (the
+  released x4-perceptual's prior sigma: 2x x4's in flat regions,
+  scripts/diagnose_samples.py). Started at q = p, the KL is 0 and the posterior
+  departs from the prior only as far as the HR teaches it.
+  """
+  on_features = prior["Conv_0"]["kernel"]
+  kernel = jnp.zeros_like(posterior["Conv_0"]["kernel"])
+  kernel = kernel.at[:, :, : on_features.shape[2]].set(on_features)
+  return dict(prior, Conv_0=dict(prior["Conv_0"], kernel=kernel))
 
 
 def generation_kernels(params) -> list:

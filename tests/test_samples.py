@@ -1,0 +1,151 @@
+"""Training the prior's samples (loss.samples): the samples the SR-VAE draws in its
+training pass, the terms that judge them, their validation, the train step, and a
+fine-tuning's posterior started at the prior (train.posterior_from_prior)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from percvae_jax import config as config_lib
+from percvae_jax import data, losses, train
+from percvae_jax.errors import ConfigError
+from percvae_jax.models import vae
+from tests.helpers import tiny_config
+
+SAMPLES = dict(loss__samples=3, loss__sample_weight=0.5, loss__sample_best_weight=2.0)
+
+
+def perturbed_params(config, seed=0):
+  """Fresh parameters with every leaf perturbed: the zero-initialised output convs
+  would make every output bicubic, whatever the latent."""
+  params = vae.init_params(vae.create(config), config, jax.random.PRNGKey(seed))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32), params)
+
+
+def training_pass(config, params, **kwargs):
+  lr = jax.random.uniform(jax.random.PRNGKey(2), (2, 8, 8, 3))
+  hr = jax.random.uniform(jax.random.PRNGKey(3), (2, 16, 16, 3))
+  return vae.create(config).apply(
+    {"params": params}, lr, hr, generated=True, rngs={"latent": jax.random.PRNGKey(4)}, **kwargs
+  )
+
+
+def test_training_pass_draws_prior_samples_beside_the_other_outputs():
+  config = tiny_config()
+  params = perturbed_params(config)
+  plain = training_pass(config, params)
+  drawn = training_pass(config, params, samples=3, temperature=1.0)
+  assert drawn["samples"].shape == (3, 2, 16, 16, 3)
+  # The posterior's and the mean's outputs are those of a pass without samples.
+  for key in ("sr", "generated", "kl"):
+    np.testing.assert_allclose(drawn[key], plain[key], rtol=1e-5, atol=1e-6)
+  samples = np.asarray(drawn["samples"])
+  assert np.abs(samples[0] - samples[1]).max() > 1e-3
+  assert np.abs(samples[0] - np.asarray(drawn["generated"])).max() > 1e-3
+  # At temperature 0 every sample is the prior mean's output.
+  cold = training_pass(config, params, samples=2, temperature=0.0)
+  for sample in np.asarray(cold["samples"]):
+    np.testing.assert_allclose(sample, cold["generated"], rtol=1e-5, atol=1e-6)
+
+
+def test_samples_take_the_prior_spread_as_generate_does():
+  """A sample of the training pass is the decoder at mu + T sigma eps, as `generate`'s
+  samples are: their spread around the mean grows with the temperature."""
+  config = tiny_config()
+  params = perturbed_params(config)
+  spread = lambda t: float(
+    jnp.mean(
+      jnp.abs(
+        training_pass(config, params, samples=2, temperature=t)["samples"][0]
+        - (training_pass(config, params)["generated"])
+      )
+    )
+  )
+  assert 0 < spread(0.25) < spread(1.0)
+
+
+def test_best_term_takes_the_nearest_sample_at_each_position():
+  # Two samples, each right in one half: every sample is wrong on average, their
+  # nearest at each position is right everywhere.
+  left = np.zeros((1, 4, 4), np.float32)
+  left[:, :, 2:] = 2.0
+  maps = jnp.asarray(np.stack([left, left[:, :, ::-1]]))
+  terms = losses.sample_terms([(1.0, maps), (0.5, 2 * maps)])
+  assert float(terms["sample_perceptual"]) == pytest.approx(1.0 + 0.5 * 2.0)
+  assert float(terms["sample_best"]) == pytest.approx(0.0)
+  # Identical samples: the nearest is each of them.
+  same = losses.sample_terms([(1.0, jnp.stack([left[None], left[None]])[:, 0])])
+  assert float(same["sample_best"]) == pytest.approx(float(same["sample_perceptual"]))
+
+
+@pytest.mark.parametrize("norm", ["none", "channel"])
+def test_distance_map_averages_to_the_feature_distance(norm):
+  rng = np.random.default_rng(0)
+  a, b = (rng.normal(size=(2, 6, 6, 8)).astype(np.float32) for _ in range(2))
+  assert losses.distance_map(a, b, norm).shape == (2, 6, 6)
+  assert float(jnp.mean(losses.distance_map(a, b, norm))) == pytest.approx(
+    float(losses.feature_distance(a, b, norm)), rel=1e-6
+  )
+
+
+def sampling_config(**overrides):
+  return tiny_config(
+    loss__gamma=0.1,
+    loss__perceptual_layers="relu1_2,relu2_2",
+    loss__perceptual_norm="channel",
+    loss__perceptual_on="generated",
+    model__lr_consistent=True,
+    data__blur_sigma=0.0,
+    **{**SAMPLES, **overrides},
+  )
+
+
+@pytest.mark.slow
+def test_train_step_adds_the_sample_terms_at_their_weights():
+  config = sampling_config()
+  config_lib.validate(config, 1)
+  model = vae.create(config)
+  vgg_module, vgg_params = train.perceptual_network(config)
+  state = train.create_train_state(config, model, vgg_params)
+  state = state.replace(params=perturbed_params(config))
+  batch = data.TrainBatches(data.embedded_images("train"), 32, 4, seed=0).batch(0)
+  _, terms = jax.jit(train.make_train_step(config, vgg_module))(state, {"hr": jnp.asarray(batch)})
+  terms = {k: float(v) for k, v in terms.items()}
+  assert 0 < terms["sample_best"] < terms["sample_perceptual"]
+  assert terms["loss"] == pytest.approx(
+    terms["vae"]
+    + terms["prior_recon"]
+    + 0.1 * terms["perceptual"]
+    + 0.5 * terms["sample_perceptual"]
+    + 2.0 * terms["sample_best"],
+    rel=1e-5,
+  )
+  # The mean output's term is the one a run without samples computes.
+  plain = sampling_config(loss__samples=0, loss__sample_weight=0.0, loss__sample_best_weight=0.0)
+  _, alone = jax.jit(train.make_train_step(plain, vgg_module))(state, {"hr": jnp.asarray(batch)})
+  assert float(alone["perceptual"]) == pytest.approx(terms["perceptual"], rel=1e-4)
+  assert "sample_best" not in alone
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (dict(model__name="seed"), "only model.name=srvae"),
+    (dict(loss__sample_weight=0.0, loss__sample_best_weight=0.0), "need a weight"),
+    (dict(loss__samples=0), "need a weight"),
+    (dict(loss__sample_temperature=0.0), "sample_temperature"),
+  ],
+)
+def test_sampling_configs_that_cannot_work_are_refused(overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.validate(sampling_config(**overrides), 1)
+
+
+def test_a_posterior_started_from_the_prior_equals_it_whatever_the_hr():
+  config = tiny_config()
+  params = perturbed_params(config)
+  assert float(jnp.min(training_pass(config, params)["kl"])) > 1e-3
+  params = dict(params, posterior=vae.posterior_from_prior(params["prior"], params["posterior"]))
+  np.testing.assert_allclose(training_pass(config, params)["kl"], 0.0, atol=1e-4)

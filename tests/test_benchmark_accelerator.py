@@ -333,7 +333,7 @@ def test_batch_flips_and_transposes_as_plain_numpy_does():
   rng = np.random.default_rng([2, 1, 4])
   corners = rng.random((16, 2))
   flips = rng.random((16, 2)) < 0.5
-  indices = batches._image_indices(4)
+  indices = batches.image_indices(4)
   assert flips.any(axis=0).all()
   for row in range(16):
     image = arrays[indices[row]]

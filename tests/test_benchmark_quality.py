@@ -24,12 +24,13 @@ def test_published_rows_are_read_from_the_shared_readme():
 def test_tables_put_a_model_beside_bicubic_and_the_published_rows(
   tiny_workdir, tmp_path, monkeypatch
 ):
+  shared_data("Set5")
   monkeypatch.setattr(bq, "SETS", ("Set5",))
   monkeypatch.setattr(bq, "SCALES", (2,))
   (tmp_path / "eval").mkdir()
   report = bq.tables([tiny_workdir], tmp_path)
   assert "| SRCNN (ImageNet) | 36.66 / 0.9542 |" in report
-  assert "| **percvae_jax tiny_srvae** |" in report
+  assert "| **percvae_jax tiny_srvae** (7K params, " in report and " KFLOP/px) | " in report
   summary = json.loads((tmp_path / "tables.json").read_text())["x2"]
   # Bicubic as evaluate computes it: the published 33.66 dB.
   assert summary["bicubic"]["Set5"]["psnr_y"] == pytest.approx(33.66, abs=0.15)
@@ -38,8 +39,9 @@ def test_tables_put_a_model_beside_bicubic_and_the_published_rows(
 
 
 def test_missing_data_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(bq, "DATA", tmp_path / "absent")
-  assert bq.main(["--budget", "tables", "--output-dir", str(tmp_path / "out")]) == 1
+  monkeypatch.setenv("PERCVAE_DATA_ROOT", str(tmp_path))  # data_root.use sets it.
+  args = ["--budget", "tables", "--data-root", str(tmp_path / "absent")]
+  assert bq.main([*args, "--output-dir", str(tmp_path / "out")]) == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "not found" in err and err.count("\n") == 1
   assert not (tmp_path / "out").exists()

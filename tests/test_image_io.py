@@ -1,6 +1,7 @@
 """image_io: images read and written whole (mode, bit depth, alpha, ICC, EXIF), and the
 inputs that used to go wrong (palette transparency, animation, CMYK, bombs)."""
 
+import functools
 import io
 
 import numpy as np
@@ -23,7 +24,9 @@ def smooth(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
   return (0.5 * image + 0.5 * rng.random((height, width, channels))).astype(np.float32)
 
 
+@functools.cache
 def srgb_profile() -> bytes:
+  """One sRGB profile per session: a profile made anew carries another creation time."""
   return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

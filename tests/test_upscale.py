@@ -480,7 +480,7 @@ def test_upscale_sample_names_never_clash_with_another_inputs_output(tiny_workdi
 def test_upscale_writes_a_sideways_jpeg_upright(tiny_workdir, tmp_path):
   helpers.write_sideways_jpeg(tmp_path / "phone.jpg")
   upscale.run(tiny_workdir, str(tmp_path / "phone.jpg"), str(tmp_path / "out"))
-  output = np.asarray(Image.open(tmp_path / "out" / "phone.png"), np.float32)
+  output = np.asarray(Image.open(tmp_path / "out" / "phone.jpg"), np.float32)
   assert output.shape == (128, 96, 3)
   assert output[4:28, 4:28].mean(axis=(0, 1)) == pytest.approx((255, 0, 0), abs=30)
   assert output[-28:-4, -28:-4].mean(axis=(0, 1)) == pytest.approx((0, 0, 255), abs=30)

@@ -178,6 +178,7 @@ def run(
     )
   )
 
+  scoring.alex_lpips()  # its weights are read, or refused in one line, before the progress bar.
   drawing = (
     scoring.Samples(samples, lpips.make_lpips("alex", spatial=True), seed) if samples else None
   )

@@ -90,8 +90,11 @@ def score(
   upscaler: Callable | None = None,
   samples: Samples | None = None,
   index: int = 0,
+  degrade: Callable | None = None,
 ) -> tuple[dict, dict]:
   """Metrics of bicubic (and of `upscaler`, if given) on one mod-cropped HR image.
+  `degrade(hr, scale)`, where given, makes the LR in place of the protocol's (as
+  scripts/benchmark_peers.py's OpenCV LR); LR-PSNR still reads the protocol's kernel.
 
   Returns ({"bicubic": M, "model": M[, "samples": S]}, the uint8 images {"lr",
   "bicubic", "model", "hr"}), M holding METRICS (LPIPS is NaN without `lpips_fn`) and
@@ -99,7 +102,10 @@ def score(
   compile.
   """
   hr = hr_uint8.astype(np.float32) / 255.0
-  lr = np.asarray(degradation.degrade(hr, scale, blur_sigma))
+  if degrade is None:
+    lr = np.asarray(degradation.degrade(hr, scale, blur_sigma))
+  else:
+    lr = np.asarray(degrade(hr, scale), np.float32)
   images = {"bicubic": inference.to_uint8(np.asarray(degradation.bicubic_upscale(lr, scale)))}
   if upscaler is not None:
     images["model"] = inference.to_uint8(upscaler(lr))
@@ -163,6 +169,7 @@ def score_images(
   lpips_fn,
   upscaler: Callable | None = None,
   samples: Samples | None = None,
+  degrade: Callable | None = None,
 ) -> Iterator:
   """`score` over (name, load) sources: yields (name, scores, images) per image, and
   (name, None, None) for one that cannot be used, after a warning that says why."""
@@ -183,11 +190,18 @@ def score_images(
       )
       yield name, None, None
       continue
-    yield (name, *score(hr, scale, blur_sigma, lpips_fn, upscaler, samples, index))
+    yield (name, *score(hr, scale, blur_sigma, lpips_fn, upscaler, samples, index, degrade))
 
 
 def mean_scores(rows: list[dict], names=METRICS) -> dict:
   return {m: float(np.mean([row[m] for row in rows])) for m in names}
+
+
+@functools.cache
+def alex_lpips():
+  """One jitted LPIPS (AlexNet) per process: each of its compiles (one per image size)
+  then serves every set and model scored."""
+  return lpips.make_lpips("alex")
 
 
 def score_sources(
@@ -198,6 +212,7 @@ def score_sources(
   blur_sigma: float = 0.0,
   with_lpips: bool = True,
   samples: Samples | None = None,
+  degrade: Callable | None = None,
   on_image: Callable[[str, dict], None] | None = None,
   label: str = "the set",
 ) -> dict:
@@ -205,7 +220,7 @@ def score_sources(
   {"images": [{"name", "bicubic", "model"[, "samples"]}], "bicubic": means, "model":
   means[, "samples": means], "skipped": names}. `on_image(name, images)` sees each
   scored image's uint8 LR, bicubic, SR and HR."""
-  lpips_fn = lpips.make_lpips("alex") if with_lpips or samples else None
+  lpips_fn = alex_lpips() if with_lpips or samples else None
   rows, skipped = [], []
   for name, scores, images in score_images(sources, scale, blur_sigma, lpips_fn, upscaler, samples):
     if scores is None:

@@ -33,7 +33,6 @@ Writes OUT/peers.md and OUT/peers.json and prints the tables.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -42,11 +41,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
-from unittest import mock
 
 import numpy as np
 
-from percvae_jax import cpu_settings, data_root, degradation, inference, lpips, scoring
+from percvae_jax import cpu_settings, data_root, degradation, inference, scoring
 from percvae_jax.errors import UserError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the harness.
@@ -155,8 +153,8 @@ def bicubic_method(scale: int) -> Method:
   )
 
 
-def opencv_lr(hr, scale: int, blur_sigma: float):
-  """`degradation.degrade`'s stand-in: the LR OpenCV's INTER_CUBIC makes from 8-bit HR."""
+def opencv_lr(hr, scale: int):
+  """The LR OpenCV's INTER_CUBIC makes from the 8-bit HR (the peers' training LR)."""
   cv2 = opencv()
   hr = inference.to_uint8(np.asarray(hr))  # exact: the scorer's HR is uint8 / 255.
   height, width = hr.shape[:2]
@@ -164,21 +162,10 @@ def opencv_lr(hr, scale: int, blur_sigma: float):
   return lr.astype(np.float32) / 255.0
 
 
-@contextlib.contextmanager
-def lr_made_by(kind: str):
-  """The scorer makes its LR by `kind`: "pil", its own, or "cv2" (`opencv_lr` put in
-  place of degradation.degrade: scoring.score takes no degradation of its own yet)."""
-  if kind == "pil":
-    yield
-    return
-  with mock.patch.object(degradation, "degrade", opencv_lr):
-    yield
-
-
 def quality(methods: list[Method], sets, scales, lr_kinds, say=print) -> dict:
   """{"x<S>": {lr kind: {set: {"bicubic": means, method name: means}}}}, every method
   loaded once and scored on the LR images bicubic is scored on."""
-  lpips_fn = lpips.make_lpips("alex")  # one compiled LPIPS for every method.
+  lpips_fn = scoring.alex_lpips()
   results = {}
   for scale in scales:
     upscalers = {m.name: m.load() for m in methods if m.scale == scale}
@@ -188,9 +175,9 @@ def quality(methods: list[Method], sets, scales, lr_kinds, say=print) -> dict:
         means = {}
         for name, upscaler in list(upscalers.items()) or [(None, None)]:
           start = time.perf_counter()
-          with lr_made_by(kind):
-            scored = scoring.score_images(sources, scale, 0.0, lpips_fn, upscaler)
-            rows = [scores for _, scores, _ in scored if scores is not None]
+          degrade = opencv_lr if kind == "cv2" else None  # None: the classic protocol's.
+          scored = scoring.score_images(sources, scale, 0.0, lpips_fn, upscaler, degrade=degrade)
+          rows = [scores for _, scores, _ in scored if scores is not None]
           if not rows:
             raise BenchmarkError(
               f"none of the images of {set_name} could be scored at x{scale} (see the "

@@ -148,6 +148,7 @@ def run(
   samples: int = 0,
   temperature: float = inference.DEFAULT_TEMPERATURE,
   seed: int = 0,
+  ensemble: bool = False,
 ) -> dict:
   """Evaluates a checkpoint or a released model on a folder or a dataset; writes and
   returns the results."""
@@ -157,10 +158,14 @@ def run(
     raise InferenceError(f"--protocol={protocol!r}; choose one of {PROTOCOLS}.")
   if samples < 0:
     raise InferenceError(f"--samples={samples} must be 0 or more.")
+  if samples and ensemble:
+    raise InferenceError("--ensemble averages the mean output only: drop it or --samples.")
   sources = scoring.folder_sources(data_dir) if data_dir is not None else None
   if output is not None:
     check_output(output)  # before any work; a default output is checked below.
-  config, upscaler, source = inference.load_upscaler(workdir, model, scale, step, tile, temperature)
+  config, upscaler, source = inference.load_upscaler(
+    workdir, model, scale, step, tile, temperature, ensemble
+  )
   scale = config.data.scale
   blur_sigma = config.data.blur_sigma if protocol == "train" else 0.0
   data_name = dataset or os.path.basename(os.path.normpath(data_root.resolve(data_dir)))
@@ -266,6 +271,12 @@ def define_flags() -> None:
     "a released model eval/<model>_<data>_x<scale>_<protocol>.json.",
   )
   flags.DEFINE_integer("grids", 4, "Write image grids for the first K images.")
+  flags.DEFINE_bool(
+    "ensemble",
+    False,
+    "Average the mean output over the eight flips and rotations of the input (EDSR's "
+    "'+'): about +0.2 dB on Set5 for 8x the time; not with --samples.",
+  )
   flags.DEFINE_integer(
     "tile",
     None,
@@ -307,6 +318,7 @@ def main(argv):
     tile=f.tile,
     samples=f.samples,
     temperature=f.temperature,
+    ensemble=f.ensemble,
     seed=f.seed,
   )
 

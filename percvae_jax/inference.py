@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from percvae_jax import checkpoints, devices, released
+from percvae_jax import ensemble as ensemble_lib
 from percvae_jax.errors import CheckpointError, ConfigError, InferenceError
 from percvae_jax.models import vae
 
@@ -84,6 +85,7 @@ class Upscaler:
     scale: int,
     tile: int | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
+    ensemble: bool = False,
   ):
     if not temperature >= 0:
       raise InferenceError(
@@ -99,6 +101,9 @@ class Upscaler:
         f"needs on each side; use --tile={2 * self.margin + 64} or more."
       )
     self.tile = tile
+    # EDSR's "+": the mean output over the eight flips and rotations (ensemble.py), for
+    # 8x the compute; it needs the whole image, so it comes as one band.
+    self.ensemble = ensemble
     self._params = params
     self._mean = jax.jit(lambda params, lr: model.apply({"params": params}, lr, method="generate"))
     self._sample = jax.jit(
@@ -130,6 +135,20 @@ class Upscaler:
     return out
 
   def bands(self, lr: np.ndarray, key: jax.Array | None = None) -> Iterator[np.ndarray]:
+    """`self(lr, key)` as bands of whole SR rows (with `ensemble`: one band, the whole
+    image), top to bottom."""
+    if self.ensemble:
+      if key is not None:
+        raise InferenceError(
+          "--ensemble averages the mean output over flips and rotations; samples are "
+          "drawn without it: drop --ensemble or --samples."
+        )
+      tiled = lambda view: np.concatenate(list(self._tiled_bands(view)))
+      yield ensemble_lib.self_ensemble(tiled, lr)
+      return
+    yield from self._tiled_bands(lr, key)
+
+  def _tiled_bands(self, lr: np.ndarray, key: jax.Array | None = None) -> Iterator[np.ndarray]:
     """`self(lr, key)` as bands of whole SR rows, top to bottom, one per row of
     windows, each yielded as soon as it is done: a writer that stores each band as it
     comes holds one band, not the image (a 10000 px wide x2 band is 50 MB of RGB)."""
@@ -285,10 +304,12 @@ def load_upscaler(
   step: int | None = None,
   tile: int | None = None,
   temperature: float = DEFAULT_TEMPERATURE,
+  ensemble: bool = False,
 ):
   """(config, Upscaler, source) for `load_model`'s arguments."""
   config, model, params, source = load_model(workdir, name, scale, step)
-  return config, Upscaler(model, params, config.data.scale, tile, temperature), source
+  upscaler = Upscaler(model, params, config.data.scale, tile, temperature, ensemble)
+  return config, upscaler, source
 
 
 def initial_params(config, params):

@@ -158,6 +158,7 @@ def run(
   tile: int | None = None,
   seed: int = 0,
   temperature: float = inference.DEFAULT_TEMPERATURE,
+  ensemble: bool = False,
   output_format: str | None = None,
   quality: int = image_io.DEFAULT_QUALITY,
   max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
@@ -166,8 +167,12 @@ def run(
   model (`model`, or the one for `scale`); returns {"written": paths, "skipped": paths}.
   An image that cannot be used is skipped with one line saying why; the others run."""
   check_options(samples, output_format, quality, max_pixels)
+  if samples and ensemble:
+    raise InferenceError("--ensemble averages the mean output only: drop it or --samples.")
   plan = plan_outputs(input_path, output_dir, samples, output_format)
-  _, upscaler, source = inference.load_upscaler(workdir, model, scale, step, tile, temperature)
+  _, upscaler, source = inference.load_upscaler(
+    workdir, model, scale, step, tile, temperature, ensemble
+  )
   sample_key = jax.random.PRNGKey(seed)
   written, skipped = [], []
   for index, (path, target) in enumerate(tqdm(plan, desc="upscaling", unit="image")):
@@ -245,6 +250,12 @@ def define_flags() -> None:
     "Scale of the prior's spread when sampling: lower keeps samples "
     "nearer the mean output, higher makes them differ more.",
   )
+  flags.DEFINE_bool(
+    "ensemble",
+    False,
+    "Average the mean output over the eight flips and rotations of the input (EDSR's "
+    "'+'): about +0.2 dB on Set5 for 8x the time; not with --samples.",
+  )
   flags.DEFINE_integer(
     "tile",
     None,
@@ -270,6 +281,7 @@ def main(argv):
     tile=f.tile,
     seed=f.seed,
     temperature=f.temperature,
+    ensemble=f.ensemble,
     output_format=f.format,
     quality=f.quality,
     max_pixels=f["max-pixels"].value,

@@ -3,8 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from percvae_jax import ensemble, inference
+from percvae_jax import ensemble, evaluate, inference, upscale
+from percvae_jax.errors import InferenceError
 from percvae_jax.models import vae
 from tests.helpers import tiny_config
 from tests.test_upscale import random_params
@@ -49,3 +51,20 @@ def test_the_tiled_upscalers_ensemble_is_the_whole_images():
   out = ensemble.self_ensemble(upscaler, lr)
   assert out.shape == (6 * tile, 4 * tile + 10, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, ensemble.self_ensemble(generate, lr), atol=1e-5)
+
+
+def test_upscale_and_evaluate_take_ensemble_and_refuse_it_with_samples(tiny_workdir, tmp_path):
+  _, model, params, _ = inference.restore_model(tiny_workdir)
+  lr = np.random.default_rng(2).random((20, 16, 3), np.float32)
+  ensembled = inference.Upscaler(model, params, scale=2, ensemble=True)
+  plain = inference.Upscaler(model, params, scale=2)
+  np.testing.assert_allclose(ensembled(lr), ensemble.self_ensemble(plain, lr), atol=1e-6)
+  Image.fromarray((lr * 255).astype(np.uint8)).save(tmp_path / "a.png")
+  done = upscale.run(tiny_workdir, str(tmp_path / "a.png"), str(tmp_path / "out"), ensemble=True)
+  assert Image.open(done["written"][0]).size == (32, 40)
+  with pytest.raises(InferenceError, match="--ensemble"):
+    upscale.run(
+      tiny_workdir, str(tmp_path / "a.png"), str(tmp_path / "o"), ensemble=True, samples=1
+    )
+  with pytest.raises(InferenceError, match="--ensemble"):
+    evaluate.run(tiny_workdir, data_dir=str(tmp_path), ensemble=True, samples=2)

@@ -24,10 +24,10 @@ def root(explicit: str | None = None) -> str:
   return os.path.expanduser(explicit or os.environ.get(ENV) or DEFAULT)
 
 
-def resolve(name: str, explicit_root: str | None = None) -> str:
+def resolve(name: str | os.PathLike, explicit_root: str | None = None) -> str:
   """The folder of one set: `name` itself where it is an absolute path or an existing
   folder, else `name` under the data root."""
-  name = os.path.expanduser(name.strip())
+  name = os.path.expanduser(os.fspath(name).strip())
   if os.path.isabs(name) or os.path.isdir(name):
     return name
   return os.path.join(root(explicit_root), name)

@@ -1,5 +1,5 @@
 """Peak memory of `upscale` on a large image: the real command in a child process, its
-peak resident set read from the kernel (ru_maxrss of that child, from wait4), not
+peak resident set read from the kernel (the child's VmHWM, reported as it exits), not
 estimated in Python.
 
   python scripts/benchmark_memory.py                        # 5000x5000 LR, x2: 100 MP out
@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -53,27 +54,46 @@ def machine() -> str:
   return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
+# Runs upscale in this child and prints its own high-water mark at exit. VmHWM belongs
+# to the child's address space alone; wait4's ru_maxrss would also carry the parent's
+# resident set across fork and exec (a large pytest process would inflate it).
+CHILD = """
+import atexit, resource, runpy, sys
+
+def report_peak():
+  kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  try:
+    with open("/proc/self/status") as status:
+      kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+  except (OSError, StopIteration):
+    kib = kib / 1024 if sys.platform == "darwin" else kib
+  sys.stderr.write(f"\\npeak_kib={kib}\\n")
+
+atexit.register(report_peak)
+sys.argv[0] = "percvae_jax.upscale"
+runpy.run_module("percvae_jax.upscale", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_upscale(args: list[str]) -> tuple[int, float, float, str]:
   """(exit code, peak RSS in MiB, wall seconds, stderr tail) of `python -m
   percvae_jax.upscale args` in a child process."""
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
   start = time.monotonic()
-  with tempfile.TemporaryFile() as err:
-    child = subprocess.Popen(
-      [sys.executable, "-m", "percvae_jax.upscale", *args],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=err,
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    err.seek(0)
-    tail = err.read().decode(errors="replace")[-2000:]
-  # ru_maxrss: the child's peak resident set, in KiB on Linux (bytes on macOS).
-  peak = usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
-  return child.returncode, peak, time.monotonic() - start, tail
+  child = subprocess.run(
+    [sys.executable, "-c", CHILD, *args],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    errors="replace",
+  )
+  wall = time.monotonic() - start
+  reports = re.findall(r"^peak_kib=([0-9.]+)$", child.stderr, re.MULTILINE)
+  peak = float(reports[-1]) / 1024 if reports else float("nan")
+  return child.returncode, peak, wall, child.stderr[-2000:]
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from percvae_jax import config as config_lib
-from percvae_jax import data, losses, train
+from percvae_jax import data, losses, train, train_state
 from percvae_jax.errors import ConfigError
 from percvae_jax.models import vae
 from tests.helpers import tiny_config
@@ -107,8 +107,8 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
   config = sampling_config()
   config_lib.validate(config, 1)
   model = vae.create(config)
-  vgg_module, vgg_params = train.perceptual_network(config)
-  state = train.create_train_state(config, model, vgg_params)
+  vgg_module, vgg_params = train_state.perceptual_network(config)
+  state = train_state.create_train_state(config, model, vgg_params)
   state = state.replace(params=perturbed_params(config))
   batch = data.TrainBatches(data.embedded_images("train"), 32, 4, seed=0).batch(0)
   _, terms = jax.jit(train.make_train_step(config, vgg_module))(state, {"hr": jnp.asarray(batch)})

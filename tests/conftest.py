@@ -11,12 +11,19 @@ from tests import helpers
 
 
 def pytest_configure(config):
-  """One persistent XLA compilation cache per session, shared with every subprocess the
-  tests start (through the environment): the many runs of the same tiny models compile
-  their programs once, not once per process."""
-  cache = os.environ.get("PERCVAE_TEST_XLA_CACHE")
-  if not cache:
-    cache = config.percvae_xla_cache = tempfile.mkdtemp(prefix="percvae_xla_")
+  """One persistent XLA compilation cache and one converted-weights cache per run, shared
+  through the environment with pytest-xdist's workers and every subprocess the tests
+  start: the many runs of the same tiny models compile their programs once, not once per
+  process. The process that made them (xdist's controller, or a plain run) removes them."""
+  owned = config.percvae_owned_dirs = []
+  for variable, prefix in (
+    ("PERCVAE_TEST_XLA_CACHE", "percvae_xla_"),
+    ("PERCVAE_JAX_TEST_CACHE", "percvae_weights_"),
+  ):
+    if not os.environ.get(variable):
+      os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+      owned.append(os.environ[variable])
+  cache = os.environ["PERCVAE_TEST_XLA_CACHE"]
   os.environ.update(
     JAX_COMPILATION_CACHE_DIR=cache,
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -30,17 +37,14 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-  shutil.rmtree(getattr(config, "percvae_xla_cache", ""), ignore_errors=True)
+  for folder in getattr(config, "percvae_owned_dirs", []):
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
-def _weights_cache(tmp_path_factory, monkeypatch):
-  """Each session converts the offline VGG weights once, into a temporary cache."""
-  monkeypatch.setenv(
-    "PERCVAE_JAX_CACHE",
-    os.environ.get("PERCVAE_JAX_TEST_CACHE")
-    or str(tmp_path_factory.getbasetemp() / "weights_cache"),
-  )
+def _weights_cache(monkeypatch):
+  """Each run converts the offline VGG weights once, into the run's temporary cache."""
+  monkeypatch.setenv("PERCVAE_JAX_CACHE", os.environ["PERCVAE_JAX_TEST_CACHE"])
 
 
 @pytest.fixture(scope="session")

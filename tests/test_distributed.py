@@ -14,7 +14,10 @@ from percvae_jax.errors import ConfigError
 from tests import helpers
 from tests.helpers import tiny_config
 
+# A constant learning rate: the compiled step does not depend on num_steps, so every run
+# of a device layout after the first reads its programs from the compilation cache.
 OVERRIDES = {
+  "train__lr_schedule": "constant",
   "train__batch_size": 8,
   "train__num_steps": 3,
   "train__checkpoint_every": 3,
@@ -115,7 +118,7 @@ def test_two_processes_train_like_one(single_device_run, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_from_eight_devices_resumes_on_one_and_back(tmp_path):
-  first = dict(OVERRIDES, train__lr_schedule="constant")  # the same schedule at 3, 6 and 9
+  first = OVERRIDES
   finish([start_worker(tmp_path, devices=8, overrides=first)])
   finish([start_worker(tmp_path, devices=1, overrides=dict(first, train__num_steps=6))])
   finish([start_worker(tmp_path, devices=8, overrides=dict(first, train__num_steps=9))])
@@ -161,7 +164,6 @@ def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(tmp_path
     train__num_steps=steps,
     train__checkpoint_every=100_000,
     train__eval_every=steps,
-    train__lr_schedule="constant",
   )
   workdir = tmp_path / "preempted"
   workers = start_pair(workdir, config)

@@ -24,10 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-from percvae_jax import inference
+from percvae_jax import data_root, inference
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 MEAN_RATIO = 0.70
 DIVERSITY = 25.0
 PAIRWISE = 0.05
@@ -73,8 +71,8 @@ def score(args) -> dict:
   (out / "eval").mkdir(parents=True, exist_ok=True)
   tag = Path(args.model).name
   rows = []
-  for set_name in args.sets.split(","):
-    data_dir = Path(args.data_root) / set_name
+  for set_name in data_root.split(args.sets):
+    data_dir = Path(data_root.resolve(set_name, args.data_root))
     reference = evaluation(
       args.reference,
       data_dir,
@@ -133,7 +131,9 @@ def main(argv=None) -> int:
   parser.add_argument("--model", default="x4-perceptual", help="a released name or a workdir")
   parser.add_argument("--reference", default="x4", help="the fidelity model the ratio is to")
   parser.add_argument("--sets", default="BSD100,Set14", help="comma-separated folders")
-  parser.add_argument("--data-root", default=str(DATA))
+  parser.add_argument(
+    "--data-root", default=None, help=f"default: ${data_root.ENV}, else ../shared/data"
+  )
   parser.add_argument("--num-images", type=int, default=0, help="first N of each set; 0: all")
   parser.add_argument("--samples", type=int, default=10)
   parser.add_argument("--temperatures", default=str(inference.DEFAULT_TEMPERATURE))

@@ -242,7 +242,7 @@ def define_flags() -> None:
     "Folder of HR images, searched recursively, or a set's name under the data root (Set5).",
   )
   flags.DEFINE_string(
-    "data_root",
+    "data-root",
     None,
     f"Where named sets live; default: ${data_root.ENV}, else ../shared/data beside the repo.",
   )
@@ -301,7 +301,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cpu_settings.apply("infer")  # before JAX starts: XLA reads XLA_FLAGS once.
   f = flags.FLAGS
-  data_root.use(f.data_root)
+  data_root.use(f["data-root"].value)
   cli.exit_on_user_error(
     run,
     f.workdir,

@@ -25,6 +25,7 @@ It prints and writes:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -54,22 +55,25 @@ def cosine(a, b) -> float:
   return float(jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30))
 
 
+@functools.partial(jax.jit, static_argnames=("tap", "norm"))
+def feature_term(x, hr_features, vgg_params, tap: str, norm: str):
+  """One tap's feature distance at the output x, and its gradient there."""
+  network = vgg.VGG16(taps=vgg.TAPS)
+  term = lambda x: losses.feature_distance(
+    network.apply({"params": vgg_params}, x)[tap], hr_features[tap], norm
+  )
+  return jax.value_and_grad(term)(x)
+
+
 def feature_report(vgg_params, sr, hr, pixel_grad_norm: float) -> dict:
   """Per tap: magnitudes, plain and normalised distances, and their output gradients."""
-  network = vgg.VGG16(taps=vgg.TAPS)
-  hr_features = network.apply({"params": vgg_params}, hr)
+  hr_features = jax.jit(vgg.VGG16(taps=vgg.TAPS).apply)({"params": vgg_params}, hr)
   rows = {}
   pixel_mse = float(jnp.mean((sr - hr) ** 2))
   for tap in vgg.TAPS:
     row = {"hr_mean_square": float(jnp.mean(hr_features[tap] ** 2))}
     for norm in ("none", "channel"):
-
-      def term(x, norm=norm, tap=tap):
-        return losses.feature_distance(
-          network.apply({"params": vgg_params}, x)[tap], hr_features[tap], norm
-        )
-
-      value, grad = jax.value_and_grad(term)(sr)
+      value, grad = feature_term(sr, hr_features, vgg_params, tap=tap, norm=norm)
       row[norm] = {
         "distance": float(value),
         "ratio_to_pixel_mse": float(value) / pixel_mse,
@@ -114,14 +118,21 @@ def main(argv=None) -> int:
   relu3_params = vgg.params_for_taps(vgg_params, ("relu3_3",))
   key = jax.random.PRNGKey(1)
 
+  # Jitted, the weights as arguments: op by op, the gradients took 4x longer.
+  @jax.jit
   def outputs(p):
     return model.apply({"params": p}, lr, hr, generated=True, rngs={"latent": key})
 
-  def pixel(p, path):
-    return jnp.mean((outputs(p)[path] - hr) ** 2)
+  @functools.partial(jax.jit, static_argnames="path")
+  def pixel_gradient(p, path):
+    return jax.grad(lambda p: jnp.mean((outputs(p)[path] - hr) ** 2))(p)
 
-  def perceptual(p, path):
-    return losses.perceptual(relu3, relu3_params, outputs(p)[path], hr, (("relu3_3", 1.0),))
+  @functools.partial(jax.jit, static_argnames="path")
+  def perceptual_gradient(p, relu3_params, path):
+    loss = lambda p: losses.perceptual(
+      relu3, relu3_params, outputs(p)[path], hr, (("relu3_3", 1.0),)
+    )
+    return jax.grad(loss)(p)
 
   bicubic = degradation.bicubic_upscale(lr, config.data.scale)
   generated = outputs(params)["generated"]
@@ -141,8 +152,8 @@ def main(argv=None) -> int:
 
   gradients = {}
   for path in ("sr", "generated"):
-    g_pixel = jax.grad(pixel)(params, path)
-    g_perc = jax.grad(perceptual)(params, path)
+    g_pixel = pixel_gradient(params, path=path)
+    g_perc = perceptual_gradient(params, relu3_params, path=path)
     gradients[path] = (g_pixel, g_perc)
     report[f"param_grads_{'vae' if path == 'sr' else 'generated'}"] = {
       "pixel_norm": tree_norm(g_pixel),

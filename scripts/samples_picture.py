@@ -23,13 +23,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from percvae_jax import data, data_root, degradation, inference, scoring
 
-# (set/file, left, top) of an HR crop: straight edges and repeated windows, text, cloth
-# texture and stripes, from Set14 and BSD100.
+# SET/FILE:LEFT,TOP of each HR crop: repeated windows, a glass roof's straight edges,
+# text, cloth texture and stripes, from BSD100 and Set14.
 CROPS = (
-  "BSD100/img_068.png:150,40",
-  "Set14/ppt3.png:250,330",
-  "Set14/barbara.png:420,330",
-  "Set14/zebra.png:210,80",
+  "BSD100/img_095.png:110,60",
+  "BSD100/img_045.png:200,100",
+  "Set14/ppt3.png:30,258",
+  "Set14/barbara.png:50,410",
+  "Set14/zebra.png:300,120",
 )
 SAMPLES = 3
 

@@ -8,10 +8,12 @@ pytest` and pytest's default import mode put the repository root on sys.path.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -73,6 +75,24 @@ def tiny_config(name: str = "quickstart", **overrides):
     section, field = key.split("__")
     config[section][field] = value
   return config
+
+
+def once_per_session(tmp_path_factory, name: str, make) -> Path:
+  """The folder `make(folder)` filled, made once per test session even across
+  pytest-xdist's workers: the first worker to ask makes it under a file lock, the
+  others wait for it and read the same folder (which no test may change)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's folder, above each worker's own
+  folder, done = root / name, root / f"{name}.done"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      make(folder)
+      done.touch()
+  return folder
 
 
 def train_tiny_srvae(workdir: Path, steps: int = TINY_STEPS) -> str:

@@ -78,16 +78,28 @@ def assert_same_run(dir_a, params_a, dir_b, params_b):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (key, a, b)
 
 
+# The runs the tests compare: 60 steps, so that a preemption notice lands mid-run.
+COMPARED = dict(
+  OVERRIDES, train__num_steps=60, train__checkpoint_every=100_000, train__eval_every=60
+)
+
+
 @pytest.fixture(scope="module")
 def single_device_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("one_device")
-  finish([start_worker(workdir, devices=1)])
-  return workdir
+  make = lambda workdir: finish([start_worker(workdir, devices=1, overrides=COMPARED)])
+  return helpers.once_per_session(tmp_path_factory, "one_device", make)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """COMPARED in two processes of two devices each, uninterrupted."""
+  make = lambda workdir: finish(start_pair(workdir, COMPARED))
+  return helpers.once_per_session(tmp_path_factory, "two_processes", make)
 
 
 @pytest.mark.slow
 def test_eight_devices_train_like_one(single_device_run, tmp_path):
-  finish([start_worker(tmp_path, devices=8)])
+  finish([start_worker(tmp_path, devices=8, overrides=COMPARED)])
   assert_same_run(
     single_device_run,
     single_device_run / "params_0_of_1.npz",
@@ -100,19 +112,13 @@ free_port = helpers.free_port
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(single_device_run, tmp_path):
-  coordinator = f"127.0.0.1:{free_port()}"
-  workers = [
-    start_worker(tmp_path, devices=2, coordinator=coordinator, num_processes=2, process_id=i)
-    for i in range(2)
-  ]
-  finish(workers)
+def test_two_processes_train_like_one(single_device_run, two_process_run):
   for i in range(2):
     assert_same_run(
       single_device_run,
       single_device_run / "params_0_of_1.npz",
-      tmp_path,
-      tmp_path / f"params_{i}_of_2.npz",
+      two_process_run,
+      two_process_run / f"params_{i}_of_2.npz",
     )
 
 
@@ -154,17 +160,11 @@ def start_pair(workdir, overrides):
 
 
 @pytest.mark.slow
-def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(tmp_path):
+def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(two_process_run, tmp_path):
   """SIGTERM to one process of two: JAX's preemption sync point makes both save the
   same step and exit 0; the same command then resumes to the numbers of a run that
   was never interrupted."""
-  steps = 60
-  config = dict(
-    OVERRIDES,
-    train__num_steps=steps,
-    train__checkpoint_every=100_000,
-    train__eval_every=steps,
-  )
+  config, steps = COMPARED, COMPARED["train__num_steps"]
   workdir = tmp_path / "preempted"
   workers = start_pair(workdir, config)
   try:
@@ -186,9 +186,7 @@ def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(tmp_path
 
   outputs = finish(start_pair(workdir, config))  # the same command again.
   assert f"Resuming from the checkpoint at step {stopped[0]}" in outputs[0], outputs[0][-3000:]
-  straight = tmp_path / "straight"
-  finish(start_pair(straight, config))
-
+  straight = two_process_run
   resumed, uninterrupted = helpers.train_lines(workdir), helpers.train_lines(straight)
   assert [r["step"] for r in resumed] == list(range(1, steps + 1))
   for key in ("loss", "recon", "kl"):

@@ -234,7 +234,10 @@ def init_params(model: nn.Module, config, key: jax.Array):
   hr = jnp.zeros((1, size, size, 3), jnp.float32)
   lr = jnp.zeros((1, size // scale, size // scale, 3), jnp.float32)
   params_key, latent_key = jax.random.split(key)
-  return model.init({"params": params_key, "latent": latent_key}, lr, hr)["params"]
+  # Jitted: the same values, one program (which drops the unused forward pass) instead
+  # of every operation compiled on its own, 2-3 s less at each training's start on CPU.
+  init = jax.jit(model.init)
+  return init({"params": params_key, "latent": latent_key}, lr, hr)["params"]
 
 
 def posterior_from_prior(prior, posterior):

@@ -61,7 +61,7 @@ class WorkdirLock:
     if jax.process_index() != 0:
       return self
     path = os.path.join(self.workdir, LOCK_FILE)
-    self._file = open(path, "a+")  # pylint: disable=consider-using-with
+    self._file = open(path, "a+")  # pylint: disable=consider-using-with  # held until __exit__
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

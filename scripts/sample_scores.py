@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from percvae_jax import data_root, inference
+from percvae_jax import data_root, evaluate, inference
 
 MEAN_RATIO = 0.70
 DIVERSITY = 25.0
@@ -37,8 +37,6 @@ def evaluation(model: str, data_dir: Path, output: Path, samples: int, temperatu
   """`evaluate.run`'s results for a released name or a workdir, cached in `output`."""
   if output.exists():
     return json.loads(output.read_text())
-  from percvae_jax import evaluate  # pylint: disable=g-import-not-at-top
-
   is_workdir = os.path.isdir(model)
   return evaluate.run(
     model if is_workdir else None,

@@ -44,10 +44,11 @@ def test_training_pass_draws_prior_samples_beside_the_other_outputs():
   samples = np.asarray(drawn["samples"])
   assert np.abs(samples[0] - samples[1]).max() > 1e-3
   assert np.abs(samples[0] - np.asarray(drawn["generated"])).max() > 1e-3
-  # At temperature 0 every sample is the prior mean's output.
+  # At temperature 0 every sample is the prior mean's output, to float32 rounding of
+  # outputs up to ~10 computed in another batch (a sample that differs: > 1e-3, above).
   cold = training_pass(config, params, samples=2, temperature=0.0)
   for sample in np.asarray(cold["samples"]):
-    np.testing.assert_allclose(sample, cold["generated"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sample, cold["generated"], rtol=1e-5, atol=1e-5)
 
 
 def test_samples_take_the_prior_spread_as_generate_does():

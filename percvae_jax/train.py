@@ -142,7 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         data.load_split(config.data, "train")
       multihost_utils.sync_global_devices("dataset prepared")
     train_images, eval_hr = data.training_data(config.data)
-    logging.info("Training on %d devices.", jax.device_count())
+    count = jax.device_count()
+    logging.info("Training on %d device%s.", count, "" if count == 1 else "s")
 
     model = vae.create(config, state_lib.compute_dtype(config))
     vgg_module, vgg_params = state_lib.perceptual_network(config)

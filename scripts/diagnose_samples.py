@@ -3,8 +3,8 @@ spread is large, what the decoder makes of the latent at edges and in flat regio
 and how a sample's departure from the mean output differs from the HR's.
 
   python scripts/diagnose_samples.py --model x4-perceptual \\
-      --data-dir ../shared/data/Set14,../shared/data/BSD100 --num-images 34 --output d.json
-  python scripts/diagnose_samples.py --workdir runs/x --data-dir ../shared/data/Set14
+      --data-dir Set14,BSD100 --num-images 34 --output d.json
+  python scripts/diagnose_samples.py --workdir runs/x --data-dir Set14
 
 Each HR pixel is classed by the HR's structure tensor (Gaussian window, sigma 1.5 px,
 on BT.601 Y): flat (gradient RMS below --flat), edge (coherence above --coherence: one
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from percvae_jax import data, degradation, evaluate, inference
+from percvae_jax import data_root, degradation, inference, scoring
 from percvae_jax.models import vae
 
 CLASSES = ("flat", "edge", "texture")
@@ -144,7 +144,7 @@ class Model:
 
 def diagnose_image(net: Model, hr_uint8, scale, temperature, samples, key, flat, coherent):
   """Sums per class (and over the image) of every quantity the report averages."""
-  hr = evaluate.mod_crop(hr_uint8, scale).astype(np.float32) / 255.0
+  hr = scoring.mod_crop(hr_uint8, scale).astype(np.float32) / 255.0
   lr = np.asarray(degradation.degrade(hr, scale, 0.0))[None]
   mu, logvar = (np.asarray(a) for a in net.prior(net.params, lr))
   sigma = np.exp(0.5 * logvar)
@@ -310,8 +310,8 @@ def main(argv=None) -> int:
   else:
     config, model, params, source = inference.load_model(name=args.model or "x4-perceptual")
   sources = []
-  for folder in data.split_folders(args.data_dir):
-    found = evaluate.folder_sources(folder)
+  for folder in data_root.split(args.data_dir):
+    found = scoring.folder_sources(folder)
     sources += found[: args.num_images] if args.num_images else found
   report = diagnose(
     Model(model, jax.device_get(params)),

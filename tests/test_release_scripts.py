@@ -1,7 +1,8 @@
 """The scripts behind the releases and the README's figures: release_model.py writes a
 release only when it scores better, training_curve.py scores every kept checkpoint,
-diagnose_perceptual.py measures each term's gradients. Run on the session's tiny model
-and small generated photos, so they cannot rot."""
+diagnose_perceptual.py measures each term's gradients, diagnose_samples.py where the
+samples differ from the mean. Run on the session's tiny model and small generated
+photos, so they cannot rot."""
 
 import json
 import math
@@ -94,3 +95,19 @@ def test_diagnose_perceptual_measures_each_term(data_root, tmp_path):
   for tap in features.values():
     assert 0 <= tap["channel"]["distance"] <= 4
   assert report["pixel_mse"]["generated"] > 0
+
+
+def test_diagnose_samples_reports_each_class_and_band(tiny_workdir, data_root, tmp_path):
+  output = tmp_path / "samples.json"
+  code = helpers.load_script("diagnose_samples").main(
+    ["--workdir", tiny_workdir, "--data-dir", str(data_root / "Set5"), "--samples", "2"]
+    + ["--output", str(output)]
+  )
+  assert code == 0
+  report = json.loads(output.read_text())
+  assert report["images"] == 2
+  shares = [report["classes"][c]["share_of_pixels"] for c in ("flat", "edge", "texture")]
+  assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+  for label in ("sample_minus_mean", "hr_minus_mean"):
+    assert sum(report[f"band_share_{label}"].values()) == pytest.approx(1.0, abs=1e-3)
+  assert "posterior_offset_lag1_correlation" in report  # a workdir holds the posterior.

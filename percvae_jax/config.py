@@ -101,8 +101,9 @@ def base() -> ml_collections.ConfigDict:
   return config
 
 
-def fidelity_sr(scale: int) -> ml_collections.ConfigDict:
-  """The released fidelity models' recipe at `scale` (configs/release_x<scale>.py).
+def fidelity_sr(scale: int, features: int = 32) -> ml_collections.ConfigDict:
+  """The released fidelity models' recipe at `scale` (configs/release_x<scale>.py;
+  `features=16`: the `-fast` models, configs/release_x<scale>_fast.py).
 
   The SR-VAE trained for PSNR on the 291 images with the classic degradation
   (bicubic, no blur): the pixel MSE of the VAE's output and of the generated output
@@ -117,7 +118,7 @@ def fidelity_sr(scale: int) -> ml_collections.ConfigDict:
   config.data.blur_sigma = 0.0
   config.data.hr_size = {2: 64, 3: 72, 4: 96}.get(scale, 32 * scale)
   config.data.eval_crops_per_image = 16
-  config.model.features = 32
+  config.model.features = features
   config.model.num_blocks = 4
   config.loss.gamma = 0.0
   config.loss.kl_weight = 1e-3

@@ -388,7 +388,7 @@ def export(
 
 def define_flags() -> None:
   """The flags, defined only when run as a program (see upscale.define_flags)."""
-  flags.DEFINE_string("model", None, "A released model's name (x2, x3, x4, x4-perceptual).")
+  flags.DEFINE_string("model", None, "A released model's name (x2, x4-fast, x4-perceptual, ...).")
   flags.DEFINE_string("workdir", None, "A training run's --workdir, to export its checkpoint.")
   flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step; default: the latest.")
   flags.DEFINE_string("output", None, "The .onnx file to write.", required=True)

@@ -35,10 +35,11 @@ from percvae_jax.models import vae
 # window on its margins. On 2 CPU cores windows of 192 to 384 px run at the same speed
 # per pixel (scripts/benchmark_speed.py --explore).
 KEPT_TILE = 220
-# Samples draw z = mu + temperature * sigma * eps from the prior. At 0.75, x4-perceptual's
-# samples on BSD100 x4 differ by pairwise LPIPS 0.12 and lie within 5% of the mean
-# output's LPIPS to the HR (README, "Samples that explore the SR space").
-DEFAULT_TEMPERATURE = 0.75
+# Samples draw z = mu + temperature * sigma * eps from the prior. At 0.5, where
+# x4-perceptual's samples are best (docs/model.md, scripts/sample_scores.py, K = 10):
+# their LPIPS to the HR is 0.94x the mean output's on BSD100 and 1.01x on Set14 (0.75:
+# 1.05x, 1.21x), pairwise LPIPS 0.078 / 0.055, the worst LR-PSNR 50.1 / 45.7 dB.
+DEFAULT_TEMPERATURE = 0.5
 
 
 def window_spans(size: int, tile: int, margin: int) -> list[tuple[int, int, int]]:

@@ -3,8 +3,8 @@
 config they were trained with, and `release`: its scores and provenance).
 
 `upscale` and `evaluate` take one by `--model NAME`, or the one for `--scale S`
-(named `x2`, `x3`, `x4`). `scripts/release_model.py` writes one from a finished
-training run.
+(named `x2`, `x3`, `x4`; their `-fast` versions trade 0.1-0.4 dB for 2-2.5x the
+speed). `scripts/release_model.py` writes one from a finished training run.
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ def define_flags() -> None:
   flags.DEFINE_string(
     "model",
     None,
-    "A released model's name (x2, x3, x4, x4-perceptual); default: the one for --scale.",
+    "A released model's name (x2, x3, x4; x2-fast, x3-fast, x4-fast; x4-perceptual); "
+    "default: the one for --scale.",
   )
   flags.DEFINE_integer(
     "scale",

@@ -324,7 +324,7 @@ def main(argv=None) -> int:
   )
   parser.add_argument(
     "--models",
-    default="x2,x3,x4,x4-perceptual",
+    default="x2,x3,x4,x2-fast,x3-fast,x4-fast,x4-perceptual",
     help="ours: released names or training runs' workdirs, comma-separated",
   )
   parser.add_argument("--sets", default=",".join(data_root.EVAL_SETS))

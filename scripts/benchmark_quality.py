@@ -1,6 +1,6 @@
 """Quality beside the published SR tables, and the paper's question at x4.
 
-  python scripts/benchmark_quality.py --budget tables --models x2,x3,x4,x4-perceptual
+  python scripts/benchmark_quality.py --budget tables
   python scripts/benchmark_quality.py --budget ablation --init x4
   python scripts/benchmark_quality.py --budget ablation --init x4 --steps 20  # a smoke run
 
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
   parser.add_argument("--budget", choices=("tables", "ablation"), required=True)
   parser.add_argument(
     "--models",
-    default="x2,x3,x4,x4-perceptual",
+    default="x2,x3,x4,x2-fast,x3-fast,x4-fast,x4-perceptual",
     help="tables: released names or workdirs, comma-separated",
   )
   parser.add_argument(

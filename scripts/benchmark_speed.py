@@ -49,7 +49,7 @@ TORCH_AVX2["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
 SIZES = {  # (the real run's, --quick's)
   "hr_size": (128, 32),
   "batch_size": (32, 4),
-  "upscale_lr": ((1500, 2000), (96, 128)),
+  "upscale_sr": ((3000, 4000), (192, 256)),
   "pipeline_s": (3.0, 0.5),
   "model": ({}, {"features": 8, "num_blocks": 2}),
   "tile": (None, 64),
@@ -76,12 +76,12 @@ def rows_for(args) -> list[dict]:
   rows += [row("train", "quickstart", s, True) for s in ("package", "XLA defaults")]
   rows += [row("train", "default", "package"), row("train", "default", "package", gamma0=True)]
   tiles = args.tiles or ([None, 128, 192, 256, 384, 512] if args.explore else [None])
-  models = args.upscale_models or (("32x4", "48x6") if args.explore else ("32x4",))
-  models = ("8x2",) if args.quick else models
+  defaults = ("8x2",) if args.quick else ("x2", "x4", "x4-fast") + ("32x4", "48x6") * args.explore
+  models = args.upscale_models or defaults
   rows += [row("upscale", m, "package", quick=True, tile=t) for m in models for t in tiles]
   if args.explore:  # each setting apart.
     rows += [row("train", n, s) for s in list(SETTINGS)[2:6] for n in ("paper", "quickstart")]
-    rows += [row("upscale", "32x4", s, tile=None) for s in ("Eigen", "YNN, malloc as is")]
+    rows += [row("upscale", "x2", s, tile=None) for s in ("Eigen", "YNN, malloc as is")]
   if args.layers or args.explore:
     rows += [row("layers", "VGG16 to relu3_3", s, True) for s in ("package", TORCH_SETTINGS[-1])]
   if args.quickstart:
@@ -253,32 +253,58 @@ def worker_torch(worker) -> dict:
   return dict(timing, unit="img/s", torch=torch.__version__)
 
 
+def upscale_model(name: str):
+  """(model, params, scale) of an upscale row: a released model by its name ("x4",
+  "x4-fast"), or "FEATURESxBLOCKS", the fidelity recipe at x2 with random weights (an
+  architecture's speed, before it is trained)."""
+  import jax
+
+  from percvae_jax import config as config_lib
+  from percvae_jax import released
+  from percvae_jax.models import vae
+
+  if name in released.names():
+    config, params = released.load(name)
+  else:
+    config = config_lib.fidelity_sr(2)
+    config.model.features, config.model.num_blocks = (int(v) for v in name.split("x"))
+    params = vae.init_params(vae.create(config), config, jax.random.PRNGKey(0))
+  return vae.create(config), params, config.data.scale
+
+
 def worker_upscale(worker) -> dict:
-  """`inference.Upscaler` (`upscale`'s tiles) on one LR image, x2: a released-like model
-  "FEATURESxBLOCKS" of the fidelity recipe, random weights (the speed is the same)."""
+  """`inference.Upscaler` (`upscale`'s tiles) on one LR image whose SR is the
+  `upscale_sr` size (12 MP), timed after the tile's program is compiled; where its
+  time goes: the model's calls on its windows (of which the windows' overlap makes
+  `work` x the image's LR pixels), and the rest (cutting, stitching, copies)."""
   spec, item = worker.spec, worker.spec["row"]
   ran = setup_worker(spec, "infer")
   import jax
   import numpy as np
 
-  from percvae_jax import config as config_lib
   from percvae_jax import inference
-  from percvae_jax.models import vae
 
-  config = config_lib.fidelity_sr(2)
-  config.model.features, config.model.num_blocks = (int(v) for v in item["name"].split("x"))
-  model = vae.create(config)
-  params = vae.init_params(model, config, jax.random.PRNGKey(0))
-  upscaler = inference.Upscaler(model, params, 2, spec["sizes"]["tile"] or item["tile"])
-  height, width = spec["sizes"]["upscale_lr"]
+  model, params, scale = upscale_model(item["name"])
+  upscaler = inference.Upscaler(model, params, scale, spec["sizes"]["tile"] or item["tile"])
+  height, width = (side // scale for side in spec["sizes"]["upscale_sr"])
   start = time.perf_counter()
   upscaler(np.zeros((min(height, upscaler.tile), min(width, upscaler.tile), 3), np.float32))
   compile_s = time.perf_counter() - start
   lr = np.random.default_rng(0).random((height, width, 3), np.float32)
-  timing = common.time_calls(lambda: upscaler(lr), 1, 0, items=4 * height * width / 1e6)
+  megapixels = scale * scale * height * width / 1e6
+  timing = common.time_calls(lambda: upscaler(lr), 1, 0, items=megapixels)
   windows = [len(inference.window_spans(n, upscaler.tile, upscaler.margin)) for n in lr.shape[:2]]
-  result = dict(timing, unit="MP/s", sr_px=[2 * width, 2 * height], compile_s=compile_s)
-  return dict(result, tile=upscaler.tile, windows=windows[0] * windows[1], **ran)
+  result = dict(timing, unit="MP/s", sr_px=[scale * width, scale * height], compile_s=compile_s)
+  # The windows' overlap: the LR pixels the model computes per LR pixel of the image.
+  computed = windows[0] * windows[1] * min(height, upscaler.tile) * min(width, upscaler.tile)
+  result.update(
+    tile=upscaler.tile, windows=windows[0] * windows[1], work=computed / lr[..., 0].size
+  )
+  generate = jax.jit(lambda p, x: model.apply({"params": p}, x, method="generate"))
+  window = lr[None, : min(height, upscaler.tile), : min(width, upscaler.tile)]
+  per_window = common.time_calls(lambda: generate(params, window), 3, 1)["median_s"]
+  result["model_share"] = per_window * result["windows"] / result["median_s"]
+  return dict(result, **ran)
 
 
 def worker_quickstart(worker) -> dict:
@@ -398,7 +424,9 @@ def label(item: dict) -> str:
   if kind == "matmul":
     return f"float32 matmul {item.get('n', 'n')}^3, XLA dot"
   if kind == "upscale":
-    return f"upscale x2 {name} {'x'.join(map(str, item.get('sr_px', ())))}, tile {item['tile']}"
+    model = name if name.startswith("x") else f"x2 {name}, random weights"
+    work = f", {item['work']:.2f}x px" if "work" in item else ""
+    return f"upscale {model} {'x'.join(map(str, item.get('sr_px', ())))}, tile {item['tile']}{work}"
   library = {"train": ", JAX", "torch": ", PyTorch"}.get(kind)
   return f"{name}{gamma0}{library}" if library else f"{kind} {name}"
 
@@ -451,6 +479,7 @@ def summarize(report: dict) -> dict:
     summary["perceptual loss share of the default step"] = both(lambda k: 1 - full[k] / no_vgg[k])
   for up in (u for u in report["upscale"] if u["setting"] == "package"):
     summary[f"{label(up)}, MP/s"] = both(lambda k: up[k])  # noqa: B023
+    summary[f"{label(up)}, the model's calls' share of the time"] = up["model_share"]
   for q in report["quickstart"]:
     summary["quickstart, s from start to end"] = q["median_s"]
     summary["quickstart, dB over bicubic"] = q["gain_db"]
@@ -535,7 +564,7 @@ def main(argv=None) -> int:
   add("--layers", action="store_true", help="Also each VGG16 convolution of the paper step.")
   add("--quickstart", action="store_true", help="Also README's command 1 to its end.")
   add("--tiles", type=listed(int), default=None, help="Upscaling tiles, e.g. 192,256.")
-  add("--upscale-models", type=listed(str), default=None, help="x2 FEATURESxBLOCKS models.")
+  add("--upscale-models", type=listed(str), default=None, help="Released (x4), x2 FxB (32x4).")
   add("--only", type=listed(str), default=None, help="Kinds, or KIND:NAME (train:paper,torch).")
   add("--compute-dtype", default="float32", choices=("float32", "bfloat16"), help="Steps' dtype.")
   add("--data-root", default=None, help="Where the sets are (the pipeline reads SunHays80).")

@@ -72,6 +72,11 @@ def base() -> ml_collections.ConfigDict:
   config.loss.sample_temperature = 1.0
   config.loss.sample_weight = 0.0
   config.loss.sample_best_weight = 0.0
+  # What the sample terms may train: "trained", everything the samples depend on; or
+  # "fixed", all but the prior's spread (its log-variance), which only the KL then
+  # sets, so the samples improve by what the decoder makes of the noise, not by
+  # shrinking it (trained, the spread halves within 300 steps: docs/model.md).
+  config.loss.sample_spread = "trained"
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # global, split over all devices.
@@ -162,6 +167,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 PERCEPTUAL_NORMS = ("none", "channel")
 PERCEPTUAL_TARGETS = ("vae", "generated")
 VGG_CONVOLUTIONS = ("auto", "direct", "winograd")
+SAMPLE_SPREADS = ("trained", "fixed")
 
 
 def _choice(name: str, value, choices) -> None:
@@ -275,6 +281,7 @@ def validate(config, num_devices: int) -> None:
   _choice("loss.perceptual_norm", loss.perceptual_norm, PERCEPTUAL_NORMS)
   _choice("loss.perceptual_on", loss.perceptual_on, PERCEPTUAL_TARGETS)
   _choice("loss.vgg_convolution", loss.vgg_convolution, VGG_CONVOLUTIONS)
+  _choice("loss.sample_spread", loss.sample_spread, SAMPLE_SPREADS)
   if loss.vgg_convolution == "winograd" and config.train.compute_dtype != "float32":
     raise ConfigError(
       "config.loss.vgg_convolution='winograd' runs in float32 only; set "

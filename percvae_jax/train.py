@@ -44,7 +44,11 @@ def make_train_step(config, vgg_module):
   generated = losses.needs_generated(config.loss)
   # Only the SR-VAE draws prior samples in its training pass (validated).
   sampling = (
-    {"samples": config.loss.samples, "temperature": config.loss.sample_temperature}
+    {
+      "samples": config.loss.samples,
+      "temperature": config.loss.sample_temperature,
+      "fixed_spread": config.loss.sample_spread == "fixed",
+    }
     if losses.trains_samples(config.loss)
     else {}
   )

@@ -3,6 +3,7 @@ as bicubic | `x4` | `x4-perceptual`'s mean output | three of its prior samples |
 
   python scripts/samples_picture.py                      # docs/images/x4_comparison.webp
   python scripts/samples_picture.py --crop Set14/ppt3.png:40,60 --output /tmp/p.webp
+  python scripts/samples_picture.py --model runs/x --temperature 0.75 --output /tmp/p.webp
 
 Each image goes through the classic protocol of `evaluate` (HR mod-cropped, PIL-exact
 bicubic LR of the whole image, outputs clipped and quantised to 8 bits); the crop is
@@ -103,6 +104,10 @@ def main(argv=None) -> int:
   parser.add_argument("--size", type=int, default=96, help="HR crop side, px")
   parser.add_argument("--zoom", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    "--model", default="x4-perceptual", help="the perceptual model: a released name or a workdir"
+  )
+  parser.add_argument("--temperature", type=float, default=inference.DEFAULT_TEMPERATURE)
   parser.add_argument("--quality", type=int, default=88, help="WebP quality")
   parser.add_argument(
     "--data-root", default=None, help="default: $PERCVAE_DATA_ROOT, else ../shared/data"
@@ -115,7 +120,12 @@ def main(argv=None) -> int:
 
 def render(entries, args) -> int:
   _, fidelity, _ = inference.load_upscaler(name="x4")
-  _, perceptual, _ = inference.load_upscaler(name="x4-perceptual")
+  is_workdir = os.path.isdir(args.model)
+  _, perceptual, _ = inference.load_upscaler(
+    workdir=args.model if is_workdir else None,
+    name=None if is_workdir else args.model,
+    temperature=args.temperature,
+  )
   lpips_fn = scoring.alex_lpips()
   rows = []
   for path, left, top in entries:

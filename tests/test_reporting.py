@@ -52,3 +52,14 @@ def test_a_torn_last_metrics_line_does_not_stop_the_rerun_and_is_mended(tmp_path
   assert text.endswith("\n")
   records = [json.loads(line) for line in text.splitlines()]  # every line whole.
   assert [r["step"] for r in records if "split" not in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_log_line_shows_the_sample_terms_only_when_samples_are_trained(caplog):
+  values = {"loss": 1.0, "recon": 0.1, "prior_recon": 0.2, "kl": 0.3, "perceptual": 0.4}
+  values["images_per_sec"] = 2.0
+  with caplog.at_level(logging.INFO):
+    reporting.log_progress(10, 100, values, batch_size=4)
+    reporting.log_progress(20, 100, {**values, "sample_perceptual": 0.5, "sample_best": 0.6}, 4)
+  plain, with_samples = helpers.absl_messages(caplog, logging.INFO)[-2:]
+  assert "perceptual=0.4" in plain and "sample_" not in plain
+  assert "sample_perceptual=0.5" in with_samples and "sample_best=0.6" in with_samples

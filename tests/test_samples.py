@@ -67,6 +67,28 @@ def test_samples_take_the_prior_spread_as_generate_does():
   assert 0 < spread(0.25) < spread(1.0)
 
 
+def test_a_fixed_spread_keeps_the_samples_gradient_off_the_prior_log_variance():
+  """loss.sample_spread=fixed: the samples still train the prior's mean and the decoder,
+  but not the prior's log-variance (the second half of its last convolution's outputs)."""
+  config = tiny_config()
+  params = perturbed_params(config)
+  stats_conv = max((k for k in params["prior"] if k.startswith("Conv_")), key=lambda k: int(k[5:]))
+  latent = config.model.latent_channels
+
+  def prior_grads(fixed):
+    samples = lambda p: jnp.sum(
+      training_pass(config, p, samples=2, temperature=1.0, fixed_spread=fixed)["samples"] ** 2
+    )
+    kernel = jax.grad(samples)(params)["prior"][stats_conv]["kernel"]
+    return np.abs(np.asarray(kernel[..., :latent])), np.abs(np.asarray(kernel[..., latent:]))
+
+  mean_free, spread_free = prior_grads(False)
+  mean_fixed, spread_fixed = prior_grads(True)
+  assert spread_free.max() > 1e-4 and mean_free.max() > 1e-4
+  assert spread_fixed.max() == 0.0
+  np.testing.assert_allclose(mean_fixed, mean_free, rtol=1e-5, atol=1e-7)
+
+
 def test_best_term_takes_the_nearest_sample_at_each_position():
   # Two samples, each right in one half: every sample is wrong on average, their
   # nearest at each position is right everywhere.
@@ -137,6 +159,7 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
     (dict(loss__sample_weight=0.0, loss__sample_best_weight=0.0), "need a weight"),
     (dict(loss__samples=0), "need a weight"),
     (dict(loss__sample_temperature=0.0), "sample_temperature"),
+    (dict(loss__sample_spread="frozen"), "sample_spread"),
   ],
 )
 def test_sampling_configs_that_cannot_work_are_refused(overrides, message):

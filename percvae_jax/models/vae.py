@@ -7,7 +7,8 @@ which one they hold:
     each example's posterior to its prior, summed over latent units; with
     `generated=True` also "generated", the output `generate` gives for the same LR
     (the path users get), computed in the same pass; with `samples=K` (SRVAE only)
-    also "samples", K prior samples' outputs at `temperature`, (K, N, H, W, 3);
+    also "samples", K prior samples' outputs at `temperature`, (K, N, H, W, 3), whose
+    gradient reaches the prior's log-variance unless `fixed_spread`;
   - `model.apply(params, lr, method="generate")` -> sr from the latent's mean, and
     `method="generate", sample=True` (with a "latent" rng) -> one sample.
 """
@@ -192,7 +193,15 @@ class SRVAE(nn.Module):
       )
     return sr
 
-  def __call__(self, lr, hr, generated: bool = False, samples: int = 0, temperature: float = 1.0):
+  def __call__(
+    self,
+    lr,
+    hr,
+    generated: bool = False,
+    samples: int = 0,
+    temperature: float = 1.0,
+    fixed_spread: bool = False,
+  ):
     features = self.lr_encoder(lr)
     upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
     # The posterior sees what the decoder must add (the HR's residual over bicubic),
@@ -207,8 +216,9 @@ class SRVAE(nn.Module):
     # Every output in one decoder pass: the posterior sample's, the prior mean's, and
     # `samples` prior samples' (so that the objective can train what users draw).
     latents = [z] + ([mu_p] if generated else [])
+    spread = jax.lax.stop_gradient(logvar_p) if fixed_spread else logvar_p
     latents += [
-      reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) for _ in range(samples)
+      reparameterise(self.make_rng("latent"), mu_p, spread, temperature) for _ in range(samples)
     ]
     times = lambda x: jnp.concatenate([x] * len(latents))
     decoded = self._decode(times(lr), times(upscaled), times(features), jnp.concatenate(latents))

@@ -34,6 +34,8 @@ def base() -> ml_collections.ConfigDict:
   config.model.features = 64  # srvae: channels of the trunk.
   config.model.num_blocks = 8  # srvae: residual blocks in the trunk.
   config.model.latent_channels = 4  # srvae: latent channels per LR pixel.
+  # srvae: the trunks' blocks, "residual" or "pixel_attention" (models/vae.py).
+  config.model.block = "residual"
   config.model.latent_dim = 256  # seed: size of the global latent.
   # srvae: project every output onto the images whose degradation is the LR input
   # (degradation.project_onto_lr), so its downscale gives back the LR.
@@ -159,6 +161,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
 
 DATASETS = ("oxford_iiit_pet", "folder", "embedded")
 MODELS = ("srvae", "seed")
+BLOCKS = ("residual", "pixel_attention")
 REDUCTIONS = ("mean", "sum")
 PIXEL_LOSSES = ("mse", "l1", "charbonnier")
 SCHEDULES = ("constant", "cosine")
@@ -272,6 +275,7 @@ def validate(config, num_devices: int) -> None:
   data, train, loss = config.data, config.train, config.loss
   _choice("data.name", data.name, DATASETS)
   _choice("model.name", config.model.name, MODELS)
+  _choice("model.block", config.model.block, BLOCKS)
   _choice("data.scale", data.scale, SCALES)
   _choice("loss.reduction", loss.reduction, REDUCTIONS)
   _choice("loss.pixel_loss", loss.pixel_loss, PIXEL_LOSSES)

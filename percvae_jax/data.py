@@ -428,20 +428,43 @@ def device_batches(batches: TrainBatches, parallel, first_step: int, last_step: 
 
 
 def prefetch(batches: Iterator, size: int = 2) -> Iterator:
-  """Runs `batches` in a background thread, `size` items ahead (errors re-raised)."""
+  """Runs `batches` in a background thread, `size` items ahead (errors re-raised).
+
+  Closing the returned generator (or dropping it) stops that thread and closes
+  `batches` before it returns: a thread left running into the runtime's teardown at
+  exit (a stop on request, a time budget, a benchmark's timed window) can abort the
+  process."""
   buffer: queue.Queue = queue.Queue(maxsize=size)
-  done = object()
+  done, stop = object(), threading.Event()
+
+  def offer(item) -> bool:
+    while not stop.is_set():
+      try:
+        buffer.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        pass
+    return False
 
   def produce():
     try:
       for item in batches:
-        buffer.put(item)
+        if not offer(item):
+          return
+      offer(done)
     except BaseException as e:  # re-raised in the consumer.
-      buffer.put(e)
-    buffer.put(done)
+      offer(e)
+    finally:
+      if hasattr(batches, "close"):
+        batches.close()  # in this thread, the one that runs the generator.
 
-  threading.Thread(target=produce, daemon=True).start()
-  while (item := buffer.get()) is not done:
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+  producer.start()
+  try:
+    while (item := buffer.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    producer.join()

@@ -120,12 +120,16 @@ def flax_conv(graph: Graph, x: str, conv: dict) -> str:
 
 
 def trunk(graph: Graph, x: str, params: dict) -> str:
-  """vae.Trunk: conv -> residual blocks -> (+ skip) -> conv."""
+  """vae.Trunk: conv -> residual blocks (pixel attention where a block has its 1x1
+  conv, Conv_2) -> (+ skip) -> conv."""
   x = skip = flax_conv(graph, x, params["Conv_0"])
   blocks = sorted((k for k in params if k.startswith("ResBlock_")), key=lambda k: int(k[9:]))
   for block in blocks:
     y = graph.op("Relu", flax_conv(graph, x, params[block]["Conv_0"]))
-    x = graph.op("Add", x, flax_conv(graph, y, params[block]["Conv_1"]))
+    y = flax_conv(graph, y, params[block]["Conv_1"])
+    if "Conv_2" in params[block]:
+      y = graph.op("Mul", y, graph.op("Sigmoid", flax_conv(graph, y, params[block]["Conv_2"])))
+    x = graph.op("Add", x, y)
   return flax_conv(graph, graph.op("Add", x, skip), params["Conv_1"])
 
 

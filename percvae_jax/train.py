@@ -9,6 +9,7 @@ and step), so rerunning the same command on the same workdir resumes it exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -207,48 +208,51 @@ def _loop(
     parallel.process_rows(train.batch_size),
   )
   first_step = int(jax.device_get(state.step))
+  # Closed on every way out (a stop, a time budget, an error), so that the batch
+  # threads end before the process does.
   stream = data.device_batches(batches, parallel, first_step, train.num_steps)
-  last_eval = None
-  budget = preemption.TimeBudget(train.max_seconds, train.log_every)
-  log_time, log_step = time.perf_counter(), first_step
-  pending = None  # the previous step's metrics, read while this one runs.
-  for step in range(first_step + 1, train.num_steps + 1):
-    state, terms = train_step(state, next(stream))
-    if pending is not None:
-      check_finite(config, *pending, manager)
-    pending = (step, terms)
-    out_of_time = budget.spent(step)
-    last = step == train.num_steps or out_of_time
-    if step % train.log_every == 0 or last:
-      check_finite(config, step, terms, manager)
-      elapsed = time.perf_counter() - log_time
-      images_per_sec = (step - log_step) * train.batch_size / max(elapsed, 1e-9)
-      values = {k: float(v) for k, v in jax.device_get(terms).items() if k != "finite"}
-      values["images_per_sec"] = images_per_sec
-      reporter.write(step, values)
-      reporting.log_progress(step, train.num_steps, values, train.batch_size)
-      log_time, log_step = time.perf_counter(), step
-    if step % train.eval_every == 0 or last:
-      params = state_lib.eval_params(state)
-      last_eval, images = evaluate(config, params, eval_step, eval_hr, parallel)
-      reporter.write(step, last_eval, split="eval")
-      reporter.write_grid(step, "eval/lr_sr_hr", images, ("lr", "sr", "hr"))
-      logging.info("eval at step %d: %s", step, reporting.format_terms(last_eval))
-      log_time = time.perf_counter()  # eval time is not training throughput.
-    stopping = stop.now(step)
-    if step % train.checkpoint_every == 0 or last or stopping:
-      checkpoints.save(manager, step, state, config)
-      reporter.flush()
-    if stopping:
-      logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
-      return state, None, step
-    if out_of_time:
-      logging.warning(
-        "Stopped at step %d: train.max_seconds=%g reached; rerun the same command to continue.",
-        step,
-        train.max_seconds,
-      )
-      return state, last_eval, step
+  with contextlib.closing(stream):
+    last_eval = None
+    budget = preemption.TimeBudget(train.max_seconds, train.log_every)
+    log_time, log_step = time.perf_counter(), first_step
+    pending = None  # the previous step's metrics, read while this one runs.
+    for step in range(first_step + 1, train.num_steps + 1):
+      state, terms = train_step(state, next(stream))
+      if pending is not None:
+        check_finite(config, *pending, manager)
+      pending = (step, terms)
+      out_of_time = budget.spent(step)
+      last = step == train.num_steps or out_of_time
+      if step % train.log_every == 0 or last:
+        check_finite(config, step, terms, manager)
+        elapsed = time.perf_counter() - log_time
+        images_per_sec = (step - log_step) * train.batch_size / max(elapsed, 1e-9)
+        values = {k: float(v) for k, v in jax.device_get(terms).items() if k != "finite"}
+        values["images_per_sec"] = images_per_sec
+        reporter.write(step, values)
+        reporting.log_progress(step, train.num_steps, values, train.batch_size)
+        log_time, log_step = time.perf_counter(), step
+      if step % train.eval_every == 0 or last:
+        params = state_lib.eval_params(state)
+        last_eval, images = evaluate(config, params, eval_step, eval_hr, parallel)
+        reporter.write(step, last_eval, split="eval")
+        reporter.write_grid(step, "eval/lr_sr_hr", images, ("lr", "sr", "hr"))
+        logging.info("eval at step %d: %s", step, reporting.format_terms(last_eval))
+        log_time = time.perf_counter()  # eval time is not training throughput.
+      stopping = stop.now(step)
+      if step % train.checkpoint_every == 0 or last or stopping:
+        checkpoints.save(manager, step, state, config)
+        reporter.flush()
+      if stopping:
+        logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
+        return state, None, step
+      if out_of_time:
+        logging.warning(
+          "Stopped at step %d: train.max_seconds=%g reached; rerun the same command to continue.",
+          step,
+          train.max_seconds,
+        )
+        return state, last_eval, step
   return state, last_eval, train.num_steps
 
 

@@ -288,7 +288,10 @@ def worker_upscale(worker) -> dict:
   upscaler = inference.Upscaler(model, params, scale, spec["sizes"]["tile"] or item["tile"])
   height, width = (side // scale for side in spec["sizes"]["upscale_sr"])
   start = time.perf_counter()
-  upscaler(np.zeros((min(height, upscaler.tile), min(width, upscaler.tile), 3), np.float32))
+  window_h, window_w = (
+    inference.window_length(n, upscaler.tile, upscaler.margin) for n in (height, width)
+  )
+  upscaler(np.zeros((window_h, window_w, 3), np.float32))
   compile_s = time.perf_counter() - start
   lr = np.random.default_rng(0).random((height, width, 3), np.float32)
   megapixels = scale * scale * height * width / 1e6
@@ -296,12 +299,12 @@ def worker_upscale(worker) -> dict:
   windows = [len(inference.window_spans(n, upscaler.tile, upscaler.margin)) for n in lr.shape[:2]]
   result = dict(timing, unit="MP/s", sr_px=[scale * width, scale * height], compile_s=compile_s)
   # The windows' overlap: the LR pixels the model computes per LR pixel of the image.
-  computed = windows[0] * windows[1] * min(height, upscaler.tile) * min(width, upscaler.tile)
+  computed = windows[0] * windows[1] * window_h * window_w
   result.update(
     tile=upscaler.tile, windows=windows[0] * windows[1], work=computed / lr[..., 0].size
   )
   generate = jax.jit(lambda p, x: model.apply({"params": p}, x, method="generate"))
-  window = lr[None, : min(height, upscaler.tile), : min(width, upscaler.tile)]
+  window = lr[None, :window_h, :window_w]
   per_window = common.time_calls(lambda: generate(params, window), 3, 1)["median_s"]
   result["model_share"] = per_window * result["windows"] / result["median_s"]
   return dict(result, **ran)

@@ -56,6 +56,11 @@ def test_a_harmful_value_is_refused_in_one_line_naming_the_field(field, value):
       "unet",
       "config.model.name='unet' is not valid; choose one of ['srvae', 'seed']",
     ),
+    (
+      "model.block",
+      "dense",
+      "config.model.block='dense' is not valid; choose one of ['residual', 'pixel_attention']",
+    ),
     ("data.scale", 5, "config.data.scale=5 is not valid; choose one of [2, 3, 4, 8]"),
     ("data.hr_size", 30, "config.data.hr_size=30 is not a multiple of config.data.scale=4"),
     (

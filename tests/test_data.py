@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -84,6 +85,38 @@ def test_train_batches_visit_every_image_each_epoch():
   batches = data.TrainBatches(images, 32, 5, seed=0)
   for step in range(3):
     assert sorted(batches.image_indices(step)) == list(range(5))
+
+
+def test_closing_the_prefetch_stops_its_thread_and_closes_the_source():
+  """A consumer that stops early (a stop on request, a benchmark's timed window)
+  leaves no thread building batches into the process's exit."""
+  closed = threading.Event()
+
+  def endless():
+    try:
+      step = 0
+      while True:
+        yield step
+        step += 1
+    finally:
+      closed.set()
+
+  stream = data.prefetch(endless())
+  assert [next(stream) for _ in range(5)] == list(range(5))
+  stream.close()
+  assert closed.is_set()
+  assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_prefetch_reraises_the_source_error_in_the_consumer():
+  def failing():
+    yield 1
+    raise OSError("disk gone")
+
+  stream = data.prefetch(failing())
+  assert next(stream) == 1
+  with pytest.raises(OSError, match="disk gone"):
+    next(stream)
 
 
 def test_eval_crops_are_central_and_bounded():

@@ -120,6 +120,25 @@ def test_the_whole_graph_equals_upscales_tiles(exported):
   assert_close(run_onnxruntime(path, feeds(lr)), tiled(lr))
 
 
+def test_pixel_attention_blocks_export_as_they_run(tmp_path):
+  """A trunk of pixel-attention blocks (model.block): the gate's 1x1 conv and
+  sigmoid are in the graph, and the graph gives `generate`'s output."""
+  config = helpers.tiny_config(model__block="pixel_attention", data__scale=2)
+  model = vae.create(config)
+  params = vae.init_params(model, config, jax.random.PRNGKey(0))
+  # Non-zero output convs, so that every block reaches the output.
+  params = jax.tree_util.tree_map_with_path(
+    lambda path, p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(len(path)), p.shape), params
+  )
+  assert "Conv_2" in params["decoder"]["ResBlock_0"]
+  path = str(tmp_path / "pa.onnx")
+  with open(path, "wb") as f:
+    f.write(export.build(model, params, sampling=False).SerializeToString())
+  lr = lr_image(12, 15, seed=4)
+  expected = model.apply({"params": params}, lr[None], method="generate")[0]
+  assert_close(run_onnxruntime(path, feeds(lr)), np.asarray(expected))
+
+
 def test_bad_requests_are_refused_in_one_line(tmp_path, monkeypatch):
   with pytest.raises(export.ExportError, match=r"\.onnx"):
     export.export(str(tmp_path / "x2.txt"), model="x2")

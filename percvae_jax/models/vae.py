@@ -112,13 +112,21 @@ class SeedVAE(nn.Module):
 
 
 class ResBlock(nn.Module):
+  """conv -> ReLU -> conv, added to its input. With `pixel_attention` the branch is
+  gated per pixel and channel by a sigmoid of a 1x1 conv of itself (PAN, Zhao et
+  al., ECCV 2020 workshops): 6% more FLOPs, and local, so tiles still agree."""
+
   features: int
+  pixel_attention: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     y = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(x))
-    return x + nn.Conv(self.features, (3, 3), dtype=self.dtype)(y)
+    y = nn.Conv(self.features, (3, 3), dtype=self.dtype)(y)
+    if self.pixel_attention:
+      y = y * nn.sigmoid(nn.Conv(self.features, (1, 1), dtype=self.dtype)(y))
+    return x + y
 
 
 class Trunk(nn.Module):
@@ -128,6 +136,7 @@ class Trunk(nn.Module):
   num_blocks: int
   out_features: int
   zero_out: bool = False
+  block: str = "residual"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -135,7 +144,7 @@ class Trunk(nn.Module):
     x = nn.Conv(self.features, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     skip = x
     for _ in range(self.num_blocks):
-      x = ResBlock(self.features, self.dtype)(x)
+      x = ResBlock(self.features, self.block == "pixel_attention", self.dtype)(x)
     x = x + skip
     init = nn.initializers.zeros if self.zero_out else nn.initializers.lecun_normal()
     return nn.Conv(self.out_features, (3, 3), kernel_init=init, dtype=self.dtype)(x)
@@ -174,15 +183,19 @@ class SRVAE(nn.Module):
   latent_channels: int = 4
   lr_consistent: bool = False
   blur_sigma: float = 0.0
+  block: str = "residual"
   dtype: Any = jnp.float32
 
   def setup(self):
     half = max(1, self.num_blocks // 2)
     stats = 2 * self.latent_channels
-    self.lr_encoder = Trunk(self.features, half, self.features, dtype=self.dtype)
-    self.posterior = Trunk(self.features, 1, stats, zero_out=True, dtype=self.dtype)
-    self.prior = Trunk(self.features, 1, stats, zero_out=True, dtype=self.dtype)
-    self.decoder = Trunk(self.features, half, 3 * self.scale**2, zero_out=True, dtype=self.dtype)
+    trunk = lambda blocks, out, zero_out=True: Trunk(
+      self.features, blocks, out, zero_out, self.block, self.dtype
+    )
+    self.lr_encoder = trunk(half, self.features, zero_out=False)
+    self.posterior = trunk(1, stats)
+    self.prior = trunk(1, stats)
+    self.decoder = trunk(half, 3 * self.scale**2)
 
   def _decode(self, lr, upscaled, features, z):
     residual = self.decoder(jnp.concatenate([features, z.astype(features.dtype)], -1))
@@ -304,6 +317,7 @@ def create(config, dtype=jnp.float32) -> nn.Module:
       latent_channels=model_config.latent_channels,
       lr_consistent=model_config.lr_consistent,
       blur_sigma=config.data.blur_sigma,
+      block=model_config.block,
       dtype=dtype,
     )
   raise ValueError(f"unknown model {model_config.name!r}; choose seed or srvae.")

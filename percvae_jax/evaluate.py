@@ -280,7 +280,8 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     "tile",
     None,
-    "LR px on a side of the tiles the model runs on. "
+    "Most LR px on a side of the tiles the model runs on (each image's are sized to "
+    "cover it with the fewest). "
     f"Default: {inference.KEPT_TILE} plus twice the model's margin (256 for x2, x3, x4).",
   )
   flags.DEFINE_integer(

@@ -260,7 +260,8 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     "tile",
     None,
-    "LR px on a side of the tiles the model runs on; lower it to use less memory. "
+    "Most LR px on a side of the tiles the model runs on (each image's are sized to "
+    "cover it with the fewest); lower it to use less memory. "
     f"Default: {inference.KEPT_TILE} plus twice the model's margin (256 for x2, x3, x4).",
   )
 

@@ -129,13 +129,13 @@ def unique_stems(relative_paths: Sequence[str]) -> list[str]:
   return names
 
 
-def list_images(root: str) -> list[str]:
-  """Image files below `root`, recursively, in a stable order."""
+def list_images(root: str, extensions: tuple = IMAGE_EXTENSIONS) -> list[str]:
+  """Files below `root` ending in one of `extensions`, recursively, in a stable order."""
   found = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames.sort()
     found.extend(
-      os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)
+      os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(extensions)
     )
   return found
 
@@ -337,7 +337,7 @@ class TrainBatches:
       if flips[row, 0]:
         crop = crop[:, ::-1]
       if flips[row, 1]:
-        crop = np.swapaxes(crop, 0, 1)  # a transpose: with the flip, all 8 rotations.
+        crop = np.swapaxes(crop, 0, 1)  # with the mirror: 4 of the 8 flips and rotations.
       # One channel plane at a time: numpy copies a flipped or transposed HxWx3 view
       # pixel by pixel, 3 bytes at a time, 4x slower than these 3 strided copies.
       for channel in range(3):

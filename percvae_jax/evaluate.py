@@ -235,7 +235,6 @@ def define_flags() -> None:
     "A released model's name (e.g. x4-perceptual); "
     "default, without --workdir: the one for --scale.",
   )
-  flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step; default: the latest.")
   flags.DEFINE_string(
     "data-dir",
     None,
@@ -271,29 +270,13 @@ def define_flags() -> None:
     "a released model eval/<model>_<data>_x<scale>_<protocol>.json.",
   )
   flags.DEFINE_integer("grids", 4, "Write image grids for the first K images.")
-  flags.DEFINE_bool(
-    "ensemble",
-    False,
-    "Average the mean output over the eight flips and rotations of the input (EDSR's "
-    "'+'): about +0.2 dB on Set5 for 8x the time; not with --samples.",
-  )
-  flags.DEFINE_integer(
-    "tile",
-    None,
-    "Most LR px on a side of the tiles the model runs on (each image's are sized to "
-    "cover it with the fewest). "
-    f"Default: {inference.KEPT_TILE} plus twice the model's margin (256 for x2, x3, x4).",
-  )
   flags.DEFINE_integer(
     "samples",
     0,
     "Also draw K prior samples of each image and score "
     "them (LPIPS to HR, pairwise LPIPS, LR-PSNR, diversity).",
   )
-  flags.DEFINE_float(
-    "temperature", inference.DEFAULT_TEMPERATURE, "Scale of the prior's spread when sampling."
-  )
-  flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
+  cli.define_inference_flags()
   flags.mark_flags_as_mutual_exclusive(["data-dir", "dataset"], required=True)
 
 

@@ -77,13 +77,7 @@ class Picture:
 
 def list_images(root: str) -> list[str]:
   """The image files below `root` that `read` takes, recursively, in a stable order."""
-  found = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames.sort()
-    found.extend(
-      os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)
-    )
-  return found
+  return data.list_images(root, IMAGE_EXTENSIONS)
 
 
 @contextlib.contextmanager

@@ -222,7 +222,6 @@ def define_flags() -> None:
     "Upscaling factor; picks the released model "
     "x<scale> when neither --model nor --workdir is given.",
   )
-  flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step; default: the latest.")
   flags.DEFINE_string(
     "input", None, "An image, or a folder of images (searched recursively).", required=True
   )
@@ -244,26 +243,7 @@ def define_flags() -> None:
     "bombs; 0: no limit).",
   )
   flags.DEFINE_integer("samples", 0, "Also write K samples of each image.")
-  flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
-  flags.DEFINE_float(
-    "temperature",
-    inference.DEFAULT_TEMPERATURE,
-    "Scale of the prior's spread when sampling: lower keeps samples "
-    "nearer the mean output, higher makes them differ more.",
-  )
-  flags.DEFINE_bool(
-    "ensemble",
-    False,
-    "Average the mean output over the eight flips and rotations of the input (EDSR's "
-    "'+'): about +0.2 dB on Set5 for 8x the time; not with --samples.",
-  )
-  flags.DEFINE_integer(
-    "tile",
-    None,
-    "Most LR px on a side of the tiles the model runs on (each image's are sized to "
-    "cover it with the fewest); lower it to use less memory. "
-    f"Default: {inference.KEPT_TILE} plus twice the model's margin (256 for x2, x3, x4).",
-  )
+  cli.define_inference_flags()
 
 
 def main(argv):

@@ -1,25 +1,34 @@
 """The released `x4` model: the SR-VAE trained for PSNR (fidelity) at x4.
 
 Recipe: `percvae_jax.config.fidelity_sr` — the 291 images (T91 + BSD200), bicubic LR
-without blur, pixel MSE on the VAE's and the generated output, KL 1e-3, 32x4 trunk,
-96 px HR crops (one T91 image is smaller and is skipped), batch 16, Adam 1e-3 with
-cosine decay.
+without blur, pixel distance on the VAE's and the generated output, KL 1e-3, 96 px HR
+crops (one T91 image is smaller and is skipped), batch 16, Adam 1e-3 with cosine
+decay — with a trunk of 8 blocks of 48 channels (464K parameters, 57.2K FLOPs per
+output pixel) and the Charbonnier distance, for 16,000 steps (docs/results.md, "What
+buys dB per FLOP": depth and width bought the most).
 
 Run (from the repository's root, ../shared/data beside it):
   python -m percvae_jax.main --config configs/release_x4.py --workdir runs/release_x4
   python scripts/release_model.py --workdir runs/release_x4 --name x4
 
-Result (AMD EPYC, 2 cores, shared with another training most of the time: 1.3 hours
-of wall time for 12,000 steps, resumed once; jax 0.10.2), classic protocol, Y-PSNR /
-SSIM / LPIPS (AlexNet):
-  Set5 31.01 / 0.8743 / 0.182, Set14 27.91 / 0.7629 / 0.297, BSD100 27.13 / 0.7204 / 0.393
-  (SRCNN 30.48, 27.49, 26.90; FSRCNN 30.72, 27.61, 26.98; VDSR 31.35, 28.01, 27.29).
+Result (AMD EPYC with AVX-512, 2 cores, shared with another training for most of it:
+1.5 hours of wall time for 16,000 steps; jax 0.10.2; 2026-12-06), classic protocol,
+Y-PSNR / SSIM / LPIPS (AlexNet):
+  Set5 31.38 / 0.8840 / 0.173, Set14 28.12 / 0.7697 / 0.289, BSD100 27.29 / 0.7265 / 0.384
+  (VDSR 31.35, 28.01, 27.29; LapSRN 31.54, 28.19, 27.32); held out, the first 20 images:
+  Urban100 24.69, Manga109 29.42 dB.
+The previous `x4` (4 blocks of 32, MSE, 12,000 steps: 31.01 / 27.91 / 27.13) is this
+config with --config.model.features=32 --config.model.num_blocks=4
+--config.loss.pixel_loss=mse --config.train.num_steps=12000; `x4-perceptual` starts
+from it (configs/release_x4_perceptual.py).
 """
 
 from percvae_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.fidelity_sr(4)
-  config.train.num_steps = 12_000
+  config = config_lib.fidelity_sr(4, features=48)
+  config.model.num_blocks = 8
+  config.loss.pixel_loss = "charbonnier"
+  config.train.num_steps = 16_000
   return config

@@ -34,6 +34,10 @@ def base() -> ml_collections.ConfigDict:
   config.model.features = 64  # srvae: channels of the trunk.
   config.model.num_blocks = 8  # srvae: residual blocks in the trunk.
   config.model.latent_channels = 4  # srvae: latent channels per LR pixel.
+  # srvae: residual blocks that decode the latent with the LR features before the
+  # decoder sees them (non-linearly, so a sample can add structure, not only filtered
+  # noise); 0: the latent enters the decoder directly, as in every release.
+  config.model.latent_blocks = 0
   # srvae: the trunks' blocks, "residual" or "pixel_attention" (models/vae.py).
   config.model.block = "residual"
   config.model.latent_dim = 256  # seed: size of the global latent.
@@ -227,6 +231,7 @@ RANGES = {
   "model.features": (1, None, True),
   "model.num_blocks": (1, None, True),
   "model.latent_channels": (1, None, True),
+  "model.latent_blocks": (0, None, True),
   "model.latent_dim": (1, None, True),
   "loss.alpha": (0.0, None, True),
   "loss.gamma": (0.0, None, True),

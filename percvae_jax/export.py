@@ -317,6 +317,9 @@ def build(model, params, sampling: bool):
     sigma = graph.op("Exp", graph.op("Mul", logvar, graph.const(np.float32(0.5))))
     spread = graph.op("Mul", graph.op("Mul", sigma, "noise"), "temperature")
     z = graph.op("Add", mu, spread)
+  if model.latent_blocks:
+    decoded = trunk(graph, graph.op("Concat", features, z, axis=1), params["latent_decoder"])
+    features = graph.op("Add", features, decoded)
   residual = trunk(graph, graph.op("Concat", features, z, axis=1), params["decoder"])
   detail = graph.op("DepthToSpace", residual, blocksize=model.scale, mode="DCR")
   upscaled = bicubic_upscale(graph, "lr", graph.ones_like("lr"), model.scale)

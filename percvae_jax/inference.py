@@ -340,6 +340,12 @@ def initial_params(config, params):
   if not source:
     return params
   is_workdir = os.path.isdir(source)
+  if not is_workdir and source not in released.names():
+    raise ConfigError(
+      f"config.train.init_from={source!r} is neither a run's workdir nor a released "
+      f"model ({', '.join(released.names())}); train that run first (the config's "
+      "docstring gives its command) or name another."
+    )
   loaded_config, _, loaded, _ = load_model(
     workdir=source if is_workdir else None, name=None if is_workdir else source
   )

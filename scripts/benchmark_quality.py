@@ -186,10 +186,22 @@ def tables(models: list[str], out: Path) -> str:
   return "\n".join(lines)
 
 
+def model_shape(init: str) -> list[str]:
+  """Overrides that give a variant `init`'s trunk (a released name or a workdir)."""
+  from percvae_jax import inference
+
+  is_workdir = os.path.isdir(init)
+  config = inference.load_model(init if is_workdir else None, None if is_workdir else init)[0]
+  fields = ("features", "num_blocks", "block", "latent_channels", "latent_blocks")
+  return [f"model.{field}={config.model[field]}" for field in fields]
+
+
 def train_variant(label: str, init: str, steps: int, out: Path) -> Path:
-  """configs/release_x4_perceptual.py with the variant's perceptual term, from `init`."""
+  """configs/release_x4_perceptual.py with the variant's perceptual term, from `init`
+  (in its shape)."""
   workdir = out / "ablation" / re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
   overrides = [
+    *model_shape(init),
     f"train.init_from={init}",
     f"train.num_steps={steps}",
     f"train.checkpoint_every={max(1, steps // 4)}",

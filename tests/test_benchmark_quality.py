@@ -4,9 +4,12 @@ trains for an hour or more."""
 
 import json
 
+import jax
 import pytest
 
-from tests.helpers import load_script, shared_data
+from percvae_jax import inference
+from percvae_jax.models import vae
+from tests.helpers import load_config, load_script, shared_data
 
 bq = load_script("benchmark_quality")
 
@@ -45,3 +48,20 @@ def test_missing_data_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "not found" in err and err.count("\n") == 1
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("init", ["x4", "x4-fast"])
+def test_ablation_variants_take_the_shape_of_their_start(init):
+  """Each variant starts from --init in its shape, whatever trunk that release has."""
+  config = load_config("release_x4_perceptual")
+  for override in bq.model_shape(init):
+    key, value = override.split("=")
+    field = key.split(".")[1]
+    config.model[field] = type(config.model[field])(value)
+  config.train.init_from = init
+  fresh = vae.init_params(vae.create(config), config, jax.random.PRNGKey(0))
+  started = inference.initial_params(config, fresh)
+  released_params = inference.load_model(name=init)[2]
+  assert jax.tree.all(
+    jax.tree.map(lambda a, b: bool((a == b).all()), started["decoder"], released_params["decoder"])
+  )

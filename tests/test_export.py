@@ -120,18 +120,27 @@ def test_the_whole_graph_equals_upscales_tiles(exported):
   assert_close(run_onnxruntime(path, feeds(lr)), tiled(lr))
 
 
-def test_pixel_attention_blocks_export_as_they_run(tmp_path):
-  """A trunk of pixel-attention blocks (model.block): the gate's 1x1 conv and
-  sigmoid are in the graph, and the graph gives `generate`'s output."""
-  config = helpers.tiny_config(model__block="pixel_attention", data__scale=2)
+@pytest.mark.parametrize(
+  "overrides, added",
+  [
+    ({"model__block": "pixel_attention"}, ("decoder", "ResBlock_0", "Conv_2")),
+    ({"model__latent_blocks": 1}, ("latent_decoder", "ResBlock_0", "Conv_1")),
+  ],
+  ids=["pixel_attention", "latent_blocks"],
+)
+def test_optional_layers_export_as_they_run(tmp_path, overrides, added):
+  """Pixel-attention blocks (model.block: the gate's 1x1 conv and sigmoid) and the
+  latent's own blocks (model.latent_blocks) are in the graph, which gives
+  `generate`'s output."""
+  config = helpers.tiny_config(data__scale=2, **overrides)
   model = vae.create(config)
   params = vae.init_params(model, config, jax.random.PRNGKey(0))
   # Non-zero output convs, so that every block reaches the output.
   params = jax.tree_util.tree_map_with_path(
     lambda path, p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(len(path)), p.shape), params
   )
-  assert "Conv_2" in params["decoder"]["ResBlock_0"]
-  path = str(tmp_path / "pa.onnx")
+  assert added[2] in params[added[0]][added[1]]
+  path = str(tmp_path / "model.onnx")
   with open(path, "wb") as f:
     f.write(export.build(model, params, sampling=False).SerializeToString())
   lr = lr_image(12, 15, seed=4)

@@ -42,3 +42,23 @@ def test_a_model_of_other_features_is_still_refused(tiny_workdir):
   config = tiny_config(model__num_blocks=1, model__features=12, train__init_from=tiny_workdir)
   with pytest.raises(ConfigError, match="another shape"):
     inference.initial_params(config, fresh_params(config))
+
+
+def test_latent_blocks_added_to_a_trained_model_start_at_its_outputs(tiny_workdir):
+  _, model, trained, _ = inference.restore_model(tiny_workdir)
+  config = tiny_config(model__num_blocks=1, model__latent_blocks=1, train__init_from=tiny_workdir)
+  wider = vae.create(config)
+  started = inference.initial_params(config, fresh_params(config))
+  assert "latent_decoder" in started and "latent_decoder" not in trained
+  lr = jax.random.uniform(jax.random.PRNGKey(0), (1, 10, 10, 3))
+  rngs = {"latent": jax.random.PRNGKey(1)}
+  for sample in (False, True):
+    before = model.apply({"params": trained}, lr, sample, method="generate", rngs=rngs)
+    after = wider.apply({"params": started}, lr, sample, method="generate", rngs=rngs)
+    np.testing.assert_allclose(np.asarray(after), np.asarray(before), atol=1e-6)
+
+
+def test_a_missing_source_is_named_with_the_fix(tmp_path):
+  config = tiny_config(train__init_from=str(tmp_path / "runs" / "not_trained"))
+  with pytest.raises(ConfigError, match="neither a run's workdir nor a released model"):
+    inference.initial_params(config, fresh_params(config))

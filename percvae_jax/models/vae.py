@@ -181,6 +181,7 @@ class SRVAE(nn.Module):
   features: int = 64
   num_blocks: int = 8
   latent_channels: int = 4
+  latent_blocks: int = 0
   lr_consistent: bool = False
   blur_sigma: float = 0.0
   block: str = "residual"
@@ -196,9 +197,15 @@ class SRVAE(nn.Module):
     self.posterior = trunk(1, stats)
     self.prior = trunk(1, stats)
     self.decoder = trunk(half, 3 * self.scale**2)
+    if self.latent_blocks:
+      # Zero at initialisation, so a release fine-tuned with it starts as it was.
+      self.latent_decoder = trunk(self.latent_blocks, self.features)
 
   def _decode(self, lr, upscaled, features, z):
-    residual = self.decoder(jnp.concatenate([features, z.astype(features.dtype)], -1))
+    z = z.astype(features.dtype)
+    if self.latent_blocks:
+      features = features + self.latent_decoder(jnp.concatenate([features, z], -1))
+    residual = self.decoder(jnp.concatenate([features, z], -1))
     sr = upscaled + depth_to_space(residual.astype(jnp.float32), self.scale)
     if self.lr_consistent:
       sr = degradation.project_onto_lr_in_range(
@@ -315,6 +322,7 @@ def create(config, dtype=jnp.float32) -> nn.Module:
       features=model_config.features,
       num_blocks=model_config.num_blocks,
       latent_channels=model_config.latent_channels,
+      latent_blocks=model_config.latent_blocks,
       lr_consistent=model_config.lr_consistent,
       blur_sigma=config.data.blur_sigma,
       block=model_config.block,

@@ -78,6 +78,10 @@ def base() -> ml_collections.ConfigDict:
   config.loss.sample_temperature = 1.0
   config.loss.sample_weight = 0.0
   config.loss.sample_best_weight = 0.0
+  # A floor on the samples' pairwise distance (same taps and norm), paid as a hinge
+  # below `sample_diversity_target` (losses.py); 0 weight: no floor.
+  config.loss.sample_diversity_weight = 0.0
+  config.loss.sample_diversity_target = 0.0
   # What the sample terms may train: "trained", everything the samples depend on; or
   # "fixed", all but the prior's spread (its log-variance), which only the KL then
   # sets, so the samples improve by what the decoder makes of the noise, not by
@@ -242,6 +246,8 @@ RANGES = {
   "loss.sample_temperature": (0.0, None, False),
   "loss.sample_weight": (0.0, None, True),
   "loss.sample_best_weight": (0.0, None, True),
+  "loss.sample_diversity_weight": (0.0, None, True),
+  "loss.sample_diversity_target": (0.0, None, True),
   "train.batch_size": (1, None, True),
   "train.num_steps": (1, None, True),
   "train.max_seconds": (0.0, None, True),
@@ -341,6 +347,12 @@ def validate(config, num_devices: int) -> None:
       f"config.loss.samples={loss.samples} with sample_weight={loss.sample_weight} and "
       f"sample_best_weight={loss.sample_best_weight}: drawn samples need a weight, "
       "and a weight needs samples; set both, or neither."
+    )
+  if loss.sample_diversity_weight > 0 and (loss.samples < 2 or loss.sample_diversity_target <= 0):
+    raise ConfigError(
+      f"config.loss.sample_diversity_weight={loss.sample_diversity_weight} needs two or "
+      f"more samples and a target above 0 (samples={loss.samples}, "
+      f"sample_diversity_target={loss.sample_diversity_target}); set both, or the weight to 0."
     )
   if losses.uses_perceptual(loss):
     perceptual_taps(config)

@@ -36,12 +36,21 @@ mean output and the HR:
            2020), locally, as the NTIRE 2021 diversity score judges them. Alone,
            L_each would pull every sample onto the one output nearest the HR on
            average (the mean output's optimum) and collapse them.
+and, with `sample_diversity_weight`, a floor on how far apart they lie:
+  sample_diversity_weight * max(0, sample_diversity_target - L_pairwise)
+  L_pairwise = the same distance between every two samples, averaged over pairs and
+           positions: a hinge (no pull once the samples are that far apart), as
+           diversity-sensitive GANs keep their samples from collapsing (Yang et al.
+           2019; Mao et al. 2019). L_best pays for the quietest sample while every
+           sample is the mean plus small noise (docs/model.md); this term pays for
+           spread itself, wherever the model chooses to put it.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NORM_EPS = 1e-10
 # Charbonnier's epsilon: 1e-3 of the [0,1] range, LapSRN's; below a quantisation step.
@@ -103,37 +112,52 @@ def uses_perceptual(loss_config) -> bool:
   return loss_config.gamma > 0 or loss_config.samples > 0
 
 
-def perceptual_maps(vgg, vgg_params, outputs, hr, tap_weights, norm: str):
-  """[(weight, maps)] per tap, maps (M, N, h, w): each of M outputs (M, N, H, W, 3)
-  against the HR (N, H, W, 3), at each feature position; one VGG16 pass over all,
-  so the HR's features are computed once."""
+def output_features(vgg, vgg_params, outputs, hr, taps):
+  """{tap: (features of M outputs (M, N, h, w, c), the HR's (N, h, w, c))}: one VGG16
+  pass over the outputs (M, N, H, W, 3) and the HR (N, H, W, 3), so the HR's features
+  are computed once."""
   m, n = outputs.shape[:2]
   images = jnp.concatenate([outputs.reshape(m * n, *outputs.shape[2:]), jax.lax.stop_gradient(hr)])
   features = vgg.apply({"params": vgg_params}, images)
-  maps = []
-  for tap, weight in tap_weights:
-    ours, theirs = features[tap][: m * n], features[tap][m * n :]
-    ours = ours.reshape(m, n, *ours.shape[1:])
-    maps.append((weight, distance_map(ours, theirs[None], norm)))
-  return maps
+  return {
+    tap: (features[tap][: m * n].reshape(m, n, *features[tap].shape[1:]), features[tap][m * n :])
+    for tap in taps
+  }
 
 
 def sample_terms(maps) -> dict:
-  """L_each and L_best (the module docstring) from the samples' `perceptual_maps`."""
+  """L_each and L_best (the module docstring) from the samples' distance maps to the
+  HR, [(weight, maps (K, N, h, w))] per tap."""
   each = sum(weight * jnp.mean(m) for weight, m in maps)
   best = sum(weight * jnp.mean(jnp.min(m, axis=0)) for weight, m in maps)
   return {"sample_perceptual": each, "sample_best": best}
 
 
+def pairwise_distance(sample_features, norm: str):
+  """One tap's distance between every two of K samples' features (K, N, h, w, c),
+  averaged over the pairs and positions (L_pairwise, the module docstring)."""
+  first, second = np.triu_indices(sample_features.shape[0], 1)
+  return jnp.mean(distance_map(sample_features[first], sample_features[second], norm))
+
+
 def perceptual_terms(loss_config, vgg, vgg_params, outputs, hr, tap_weights):
   """(L_perceptual, the sample terms or {}) for the model's `outputs`."""
   measured = perceptual_input(loss_config, outputs)
+  norm = loss_config.perceptual_norm
   if "samples" not in outputs:
-    return perceptual(vgg, vgg_params, measured, hr, tap_weights, loss_config.perceptual_norm), {}
+    return perceptual(vgg, vgg_params, measured, hr, tap_weights, norm), {}
   stacked = jnp.concatenate([measured[None], outputs["samples"]])
-  maps = perceptual_maps(vgg, vgg_params, stacked, hr, tap_weights, loss_config.perceptual_norm)
+  features = output_features(vgg, vgg_params, stacked, hr, [tap for tap, _ in tap_weights])
+  maps = [
+    (weight, distance_map(features[tap][0], features[tap][1][None], norm))
+    for tap, weight in tap_weights
+  ]
   mean_term = sum(weight * jnp.mean(m[0]) for weight, m in maps)
-  return mean_term, sample_terms([(weight, m[1:]) for weight, m in maps])
+  terms = sample_terms([(weight, m[1:]) for weight, m in maps])
+  terms["sample_pairwise"] = sum(
+    weight * pairwise_distance(features[tap][0][1:], norm) for tap, weight in tap_weights
+  )
+  return mean_term, terms
 
 
 def needs_generated(loss_config) -> bool:
@@ -173,6 +197,8 @@ def objective(loss_config, outputs, hr, perceptual_loss, samples=None):
     total += (
       loss_config.sample_weight * samples["sample_perceptual"]
       + loss_config.sample_best_weight * samples["sample_best"]
+      + loss_config.sample_diversity_weight
+      * jax.nn.relu(loss_config.sample_diversity_target - samples["sample_pairwise"])
     )
   terms = {
     "loss": total,

@@ -161,7 +161,16 @@ def image_grid(
 def log_progress(step: int, num_steps: int, values: dict, batch_size: int) -> None:
   """The training log's line: the step, the loss terms, images/s and the ETA."""
   eta = (num_steps - step) * batch_size / max(values["images_per_sec"], 1e-9)
-  names = ("loss", "recon", "prior_recon", "kl", "perceptual", "sample_perceptual", "sample_best")
+  names = (
+    "loss",
+    "recon",
+    "prior_recon",
+    "kl",
+    "perceptual",
+    "sample_perceptual",
+    "sample_best",
+    "sample_pairwise",
+  )
   shown = {k: values[k] for k in names if k in values}
   logging.info(
     "step %d/%d  %s  %.1f img/s  ETA %s",

@@ -104,6 +104,30 @@ def test_best_term_takes_the_nearest_sample_at_each_position():
 
 
 @pytest.mark.parametrize("norm", ["none", "channel"])
+def test_pairwise_term_averages_the_distance_over_every_two_samples(norm):
+  rng = np.random.default_rng(1)
+  a, b, c = (rng.normal(size=(2, 5, 5, 8)).astype(np.float32) for _ in range(3))
+  pairwise = losses.pairwise_distance(jnp.stack([a, b, c]), norm)
+  expected = np.mean(
+    [float(losses.feature_distance(x, y, norm)) for x, y in [(a, b), (a, c), (b, c)]]
+  )
+  assert float(pairwise) == pytest.approx(expected, rel=1e-5)
+  assert float(pairwise) > 0
+  # Identical samples are no distance apart, so the hinge pays its whole target.
+  assert float(losses.pairwise_distance(jnp.stack([a, a, a]), norm)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("target,paid", [(0.5, 0.3), (0.1, 0.0)])
+def test_diversity_hinge_pays_only_below_its_target(target, paid):
+  config = sampling_config(loss__sample_diversity_weight=2.0, loss__sample_diversity_target=target)
+  hr = jnp.zeros((1, 4, 4, 3))
+  outputs = {"sr": hr, "generated": hr, "kl": jnp.zeros((1,))}
+  samples = {"sample_perceptual": 0.0, "sample_best": 0.0, "sample_pairwise": jnp.asarray(0.2)}
+  total, _ = losses.objective(config.loss, outputs, hr, jnp.zeros(()), samples)
+  assert float(total) == pytest.approx(2.0 * paid, abs=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["none", "channel"])
 def test_distance_map_averages_to_the_feature_distance(norm):
   rng = np.random.default_rng(0)
   a, b = (rng.normal(size=(2, 6, 6, 8)).astype(np.float32) for _ in range(2))
@@ -127,7 +151,9 @@ def sampling_config(**overrides):
 
 @pytest.mark.slow
 def test_train_step_adds_the_sample_terms_at_their_weights():
-  config = sampling_config()
+  # A target above any pairwise distance (each channel-normalised tap's is at most
+  # 4), so the hinge pays target - L_pairwise.
+  config = sampling_config(loss__sample_diversity_weight=3.0, loss__sample_diversity_target=9.0)
   config_lib.validate(config, 1)
   model = vae.create(config)
   vgg_module, vgg_params = train_state.perceptual_network(config)
@@ -137,12 +163,14 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
   _, terms = jax.jit(train.make_train_step(config, vgg_module))(state, {"hr": jnp.asarray(batch)})
   terms = {k: float(v) for k, v in terms.items()}
   assert 0 < terms["sample_best"] < terms["sample_perceptual"]
+  assert 0 < terms["sample_pairwise"] < 8.0
   assert terms["loss"] == pytest.approx(
     terms["vae"]
     + terms["prior_recon"]
     + 0.1 * terms["perceptual"]
     + 0.5 * terms["sample_perceptual"]
-    + 2.0 * terms["sample_best"],
+    + 2.0 * terms["sample_best"]
+    + 3.0 * (9.0 - terms["sample_pairwise"]),
     rel=1e-5,
   )
   # The mean output's term is the one a run without samples computes.
@@ -160,6 +188,11 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
     (dict(loss__samples=0), "need a weight"),
     (dict(loss__sample_temperature=0.0), "sample_temperature"),
     (dict(loss__sample_spread="frozen"), "sample_spread"),
+    (dict(loss__sample_diversity_weight=1.0), "target above 0"),
+    (
+      dict(loss__samples=1, loss__sample_diversity_weight=1.0, loss__sample_diversity_target=0.1),
+      "two or more samples",
+    ),
   ],
 )
 def test_sampling_configs_that_cannot_work_are_refused(overrides, message):

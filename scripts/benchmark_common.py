@@ -177,7 +177,9 @@ def load_config(name: str, hr_size=None, batch_size=None, model=None, compute_dt
     config.data.hr_size = hr_size
   if batch_size:
     config.train.batch_size = batch_size
-  config.model.update(model or {})
+  if model:  # another shape: a release's parameters (train.init_from) no longer fit.
+    config.model.update(model)
+    config.train.init_from = ""
   if compute_dtype:
     config.train.compute_dtype = compute_dtype
   return config

@@ -341,13 +341,14 @@ def test_alpha_against_bicubic_for_every_released_model(name):
 def test_16_bit_stays_16_bit_and_is_not_quantised_between_tiles(x2, tmp_path):
   """A dark 16-bit gray PNG, upscaled in several tiles: a 16-bit gray PNG whose values
   are the float SR rounded once to 16 bits (not to 8 between tiles, not stretched)."""
-  dark = (smooth_rgb(50, 56)[..., 0].astype(np.uint16) * 80).astype(np.uint16)  # max ~20000
+  dark = (smooth_rgb(100, 112)[..., 0].astype(np.uint16) * 80).astype(np.uint16)  # max ~20000
   Image.fromarray(dark).save(tmp_path / "dark.png")
-  upscale.run(None, str(tmp_path / "dark.png"), str(tmp_path / "out"), model="x2", tile=44)
+  tile = 2 * x2.margin + 16  # 16 LR px kept per window: several across 100 x 112.
+  upscale.run(None, str(tmp_path / "dark.png"), str(tmp_path / "out"), model="x2", tile=tile)
   out = Image.open(tmp_path / "out" / "dark.png")
-  assert (out.mode, out.size) == ("I;16", (112, 100))
-  tiled = inference.Upscaler(*inference.load_model(name="x2")[1:3], scale=2, tile=44)
-  assert len(inference.window_spans(50, 44, tiled.margin)) > 1
+  assert (out.mode, out.size) == ("I;16", (224, 200))
+  tiled = inference.Upscaler(*inference.load_model(name="x2")[1:3], scale=2, tile=tile)
+  assert len(inference.window_spans(100, tile, tiled.margin)) > 1
   expected = np.rint(np.clip(x2(dark[..., None]), 0, 1) * 65535)[..., 0]
   np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1)
   assert np.asarray(out).max() < 30000 and np.any(np.asarray(out) % 257)

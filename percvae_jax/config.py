@@ -100,6 +100,7 @@ def base() -> ml_collections.ConfigDict:
   config.train.seed = 0
   # Start from the parameters of a run's --workdir or of a released model (its name);
   # empty: a fresh initialisation. A run's own checkpoints take precedence (resume).
+  # A model with fewer model.num_blocks loads too: the added blocks start as the identity.
   config.train.init_from = ""
   # Where init_from has no posterior (a release): start it equal to the prior (q = p,
   # KL 0) rather than fresh (q = N(0, I)), whose KL inflates the prior's spread.

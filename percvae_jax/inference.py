@@ -329,13 +329,32 @@ def load_upscaler(
   return config, upscaler, source
 
 
+def added_blocks(fresh: dict, given: dict) -> list:
+  """The keys (flattened) of the last convolution of each residual block that
+  `fresh` has and `given` lacks, in a trunk `given` has: zeroed, such a block adds
+  nothing, so a deeper model (more `model.num_blocks`) starts as the loaded one and
+  its new blocks learn from there."""
+  trunks = {k[0] for k in given}
+  blocks = {k[:2] for k in given}
+  return [
+    k
+    for k in fresh
+    if len(k) == 4
+    and k[0] in trunks
+    and k[1].startswith("ResBlock_")
+    and k[:2] not in blocks
+    and k[2] == "Conv_1"
+  ]
+
+
 def initial_params(config, params):
   """`params` overwritten by those of `config.train.init_from` where it has them (a
   released model lacks the posterior, which keeps its fresh initialisation, or with
   `train.posterior_from_prior` starts equal to the prior). A model of another scale and
   the same `config.model` gives all but the layers whose shape depends on the scale (the
   upsampling head, the posterior's input): pretraining at x2 then fine-tuning at x3 or
-  x4, as EDSR does."""
+  x4, as EDSR does. A deeper model (more `model.num_blocks`) gets every layer the
+  loaded one has, its extra residual blocks starting as the identity."""
   source = config.train.init_from
   if not source:
     return params
@@ -362,11 +381,16 @@ def initial_params(config, params):
       f"{loaded_config.model.to_dict()}); give this run the same config.model fields."
     )
   kept = {k: v for k, v in given.items() if k in fresh and v.shape == fresh[k].shape}
+  added = added_blocks(fresh, given)
+  kept.update({k: np.zeros_like(fresh[k]) for k in added})
   logging.info(
-    "Starting from the parameters of %s%s.",
+    "Starting from the parameters of %s%s%s.",
     source,
     f" (x{loaded_config.data.scale}; the layers of x{config.data.scale}'s shape fresh)"
     if other_scale
+    else "",
+    f" ({len({k[:2] for k in added})} residual blocks added, each starting as the identity)"
+    if added
     else "",
   )
   merged = flax.traverse_util.unflatten_dict({k: kept.get(k, v) for k, v in fresh.items()})

@@ -5,7 +5,8 @@ without blur, pixel distance on the VAE's and the generated output, KL 1e-3, 64 
 crops, batch 16, Adam 1e-3 with cosine decay — with the released `x4`'s trunk (8
 blocks of 48 channels, Charbonnier) as its start: the layers whose shape depends on
 the scale (upsampling head, posterior input) start fresh, as EDSR fine-tunes one
-scale from another. 5,000 steps.
+scale from another. 5,000 steps. The released one started from the `x4` of
+2026-12-06 (31.38 / 28.12 / 27.29); `x4` names its second stage since 2026-12-07.
 
 Run (from the repository's root, ../shared/data beside it):
   python -m percvae_jax.main --config configs/release_x2.py --workdir runs/release_x2

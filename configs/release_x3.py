@@ -6,7 +6,8 @@ crops, batch 16, Adam 1e-3 with cosine decay — with the released `x4`'s trunk 
 blocks of 48 channels, Charbonnier) as its start: the layers whose shape depends on
 the scale (upsampling head, posterior input) start fresh, as EDSR fine-tunes one
 scale from another. 12,000 steps, then 4,000 more from that model at Adam 2e-4 (a
-second cosine cycle).
+second cosine cycle). The released one started from the `x4` of
+2026-12-06 (31.38 / 28.12 / 27.29); `x4` names its second stage since 2026-12-07.
 
 Run (from the repository's root, ../shared/data beside it):
   python -m percvae_jax.main --config configs/release_x3.py --workdir runs/release_x3

@@ -26,6 +26,8 @@ def base() -> ml_collections.ConfigDict:
   config.data.scale = 2  # 2, 3, 4 or 8.
   config.data.blur_sigma = 1.0  # Gaussian blur before downscaling; 0 disables it.
   config.data.resize_shorter = 0  # >0: resize each image's shorter side first.
+  # <1: each training crop seen at a random scale in [min_downscale, 1] (data.TrainBatches).
+  config.data.min_downscale = 1.0
   config.data.num_eval_images = 64  # HR crops evaluated during training,
   config.data.eval_crops_per_image = 1  # the central one, or tiles of a central grid.
 
@@ -231,6 +233,7 @@ RANGES = {
   "data.hr_size": (1, None, True),
   "data.blur_sigma": (0.0, 10.0, True),
   "data.resize_shorter": (0, None, True),
+  "data.min_downscale": (0.0, 1.0, False),
   "data.num_eval_images": (1, None, True),
   "data.eval_crops_per_image": (1, None, True),
   "model.features": (1, None, True),

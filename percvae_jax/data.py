@@ -297,7 +297,10 @@ def crop_to(image: np.ndarray, size: int) -> np.ndarray:
 class TrainBatches:
   """Random HR crops with flips; batch `step` depends only on (seed, step).
 
-  `rows` selects which rows of the global batch this process builds.
+  `rows` selects which rows of the global batch this process builds. With
+  `min_downscale` < 1, each crop is first taken at 1/s of `hr_size` for a scale s drawn
+  uniformly from [min_downscale, 1] and downscaled (PIL bicubic, antialiased) to
+  `hr_size`: the images seen at several scales, as LapSRN and VDSR augment the 291.
   """
 
   images: ImageSet
@@ -305,6 +308,7 @@ class TrainBatches:
   batch_size: int
   seed: int
   rows: slice = dataclasses.field(default_factory=lambda: slice(None))
+  min_downscale: float = 1.0
 
   def image_indices(self, step: int) -> np.ndarray:
     n = len(self.images)
@@ -323,14 +327,23 @@ class TrainBatches:
     rng = np.random.default_rng([self.seed, 1, step])
     corners = rng.random((self.batch_size, 2))
     flips = rng.random((self.batch_size, 2)) < 0.5
+    # Its own stream, so that batches without the augmentation stay as they were.
+    downscales = np.random.default_rng([self.seed, 2, step]).uniform(
+      self.min_downscale, 1.0, self.batch_size
+    )
     indices = self.image_indices(step)
     rows = range(self.batch_size)[self.rows]
     out = np.empty((len(rows), self.hr_size, self.hr_size, 3), np.uint8)
     for k, row in enumerate(rows):
       image = crop_to(self.images[int(indices[row])], self.hr_size)
-      top = int(corners[row, 0] * (image.shape[0] - self.hr_size + 1))
-      left = int(corners[row, 1] * (image.shape[1] - self.hr_size + 1))
-      crop = image[top : top + self.hr_size, left : left + self.hr_size]
+      size = self.hr_size
+      if self.min_downscale < 1.0:
+        size = min(round(self.hr_size / downscales[row]), *image.shape[:2])
+      top = int(corners[row, 0] * (image.shape[0] - size + 1))
+      left = int(corners[row, 1] * (image.shape[1] - size + 1))
+      crop = image[top : top + size, left : left + size]
+      if size != self.hr_size:
+        crop = np.asarray(Image.fromarray(crop).resize((self.hr_size,) * 2, Image.BICUBIC))
       if not (flips[row, 0] or flips[row, 1]):
         out[k] = crop
         continue

@@ -206,6 +206,7 @@ def _loop(
     train.batch_size,
     train.seed,
     parallel.process_rows(train.batch_size),
+    config.data.min_downscale,
   )
   first_step = int(jax.device_get(state.step))
   # Closed on every way out (a stop, a time budget, an error), so that the batch

@@ -80,6 +80,28 @@ def test_train_batches_depend_only_on_seed_and_step():
   np.testing.assert_array_equal(np.concatenate(parts), a.batch(7))
 
 
+def test_scale_augmentation_shows_each_crop_at_a_random_smaller_scale():
+  """Ramps (red = column, green = row): a crop at scale 1 spans 31 values across its 32
+  pixels; one taken from a 1/s wider window and downscaled spans about 31/s."""
+  rows, columns = np.mgrid[:200, :256]
+  ramps = np.stack([columns, rows, rows], axis=-1).astype(np.uint8)
+  images = data.ImageSet(["ramps"], lambda _: ramps)
+
+  def spans(batch):
+    inside = batch[:, 2:-2, 2:-2, :2].astype(int)  # away from the resampling's edge effects.
+    return np.ptp(inside, axis=(1, 2)).max(axis=1) * 31 / 27
+
+  plain = data.TrainBatches(images, 32, 8, seed=0)
+  np.testing.assert_allclose(spans(plain.batch(3)), 31, atol=0.5)
+  augmented = data.TrainBatches(images, 32, 8, seed=0, min_downscale=0.5)
+  wider = np.concatenate([spans(augmented.batch(step)) for step in range(4)])
+  assert wider.min() >= 31 and wider.max() <= 31 / 0.5 + 2
+  assert wider.max() > 50 and np.ptp(wider) > 15  # the scales spread over [0.5, 1].
+  # A crop never reaches past a small image: its scale is capped at what fits.
+  small = data.ImageSet(["small"], lambda _: ramps[:40, :40])
+  assert data.TrainBatches(small, 32, 8, seed=0, min_downscale=0.5).batch(0).shape == (8, 32, 32, 3)
+
+
 def test_train_batches_visit_every_image_each_epoch():
   images = _images(n=5)
   batches = data.TrainBatches(images, 32, 5, seed=0)

@@ -15,18 +15,20 @@ from tests import helpers
 from tests.helpers import tiny_config
 
 # A constant learning rate: the compiled step does not depend on num_steps, so every run
-# of a device layout after the first reads its programs from the compilation cache.
-OVERRIDES = {
+# of a device layout after the first reads its programs from the compilation cache. 30
+# steps, so that a preemption notice lands mid-run; an evaluation every 10, where the
+# checkpoint test stops and resumes, so that every run's metrics lines line up.
+COMPARED = {
   "train__lr_schedule": "constant",
   "train__batch_size": 8,
-  "train__num_steps": 3,
-  "train__checkpoint_every": 3,
-  "train__eval_every": 3,
+  "train__num_steps": 30,
+  "train__checkpoint_every": 100_000,
+  "train__eval_every": 10,
   "data__num_eval_images": 2,
 }
 
 
-def start_worker(workdir, devices, coordinator="", num_processes=1, process_id=0, overrides=None):
+def start_worker(workdir, devices, overrides, coordinator="", num_processes=1, process_id=0):
   args = ["--save-params"]
   if coordinator:
     args += [
@@ -39,10 +41,11 @@ def start_worker(workdir, devices, coordinator="", num_processes=1, process_id=0
     ]
   return helpers.start_worker(
     workdir,
-    overrides or OVERRIDES,
+    overrides,
     *args,
     merge_output=True,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    # Added to the suite's flags (conftest.py), not in their place.
+    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
   )
 
 
@@ -78,15 +81,9 @@ def assert_same_run(dir_a, params_a, dir_b, params_b):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (key, a, b)
 
 
-# The runs the tests compare: 60 steps, so that a preemption notice lands mid-run.
-COMPARED = dict(
-  OVERRIDES, train__num_steps=60, train__checkpoint_every=100_000, train__eval_every=60
-)
-
-
 @pytest.fixture(scope="module")
 def single_device_run(tmp_path_factory):
-  make = lambda workdir: finish([start_worker(workdir, devices=1, overrides=COMPARED)])
+  make = lambda workdir: finish([start_worker(workdir, 1, COMPARED)])
   return helpers.once_per_session(tmp_path_factory, "one_device", make)
 
 
@@ -99,7 +96,7 @@ def two_process_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_eight_devices_train_like_one(single_device_run, tmp_path):
-  finish([start_worker(tmp_path, devices=8, overrides=COMPARED)])
+  finish([start_worker(tmp_path, 8, COMPARED)])
   assert_same_run(
     single_device_run,
     single_device_run / "params_0_of_1.npz",
@@ -123,17 +120,18 @@ def test_two_processes_train_like_one(single_device_run, two_process_run):
 
 
 @pytest.mark.slow
-def test_checkpoint_from_eight_devices_resumes_on_one_and_back(tmp_path):
-  first = OVERRIDES
-  finish([start_worker(tmp_path, devices=8, overrides=first)])
-  finish([start_worker(tmp_path, devices=1, overrides=dict(first, train__num_steps=6))])
-  finish([start_worker(tmp_path, devices=8, overrides=dict(first, train__num_steps=9))])
+def test_checkpoint_from_eight_devices_resumes_on_one_and_back(single_device_run, tmp_path):
+  """Stopped at each evaluation, resumed on the other layout: the single-device run's
+  numbers. Each run ends on a checkpoint, whatever train.checkpoint_every says."""
+  for devices, steps in ((8, 10), (1, 20), (8, 30)):
+    finish([start_worker(tmp_path, devices, dict(COMPARED, train__num_steps=steps))])
   steps = [r["step"] for r in metrics(tmp_path) if "split" not in r]
-  assert steps == list(range(1, 10))
-  straight = tmp_path / "straight"
-  finish([start_worker(straight, devices=1, overrides=dict(first, train__num_steps=9))])
+  assert steps == list(range(1, 31))
   assert_same_run(
-    straight, straight / "params_0_of_1.npz", tmp_path, tmp_path / "params_0_of_1.npz"
+    single_device_run,
+    single_device_run / "params_0_of_1.npz",
+    tmp_path,
+    tmp_path / "params_0_of_1.npz",
   )
 
 
@@ -147,14 +145,7 @@ def test_batch_not_divisible_by_devices_is_refused_before_compute():
 def start_pair(workdir, overrides):
   coordinator = f"127.0.0.1:{free_port()}"
   return [
-    start_worker(
-      workdir,
-      devices=2,
-      coordinator=coordinator,
-      num_processes=2,
-      process_id=i,
-      overrides=overrides,
-    )
+    start_worker(workdir, 2, overrides, coordinator=coordinator, num_processes=2, process_id=i)
     for i in range(2)
   ]
 
@@ -191,10 +182,11 @@ def test_a_preemption_notice_to_one_process_stops_both_at_the_same_step(two_proc
   assert [r["step"] for r in resumed] == list(range(1, steps + 1))
   for key in ("loss", "recon", "kl"):
     assert resumed[-1][key] == pytest.approx(uninterrupted[-1][key], rel=1e-6), key
-  (eval_a,), (eval_b,) = helpers.eval_lines(workdir), helpers.eval_lines(straight)
-  assert eval_a["step"] == eval_b["step"] == steps
-  for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
-    assert eval_a[key] == pytest.approx(eval_b[key], rel=1e-6), key
+  evals_a, evals_b = helpers.eval_lines(workdir), helpers.eval_lines(straight)
+  assert [r["step"] for r in evals_a] == [r["step"] for r in evals_b] == [10, 20, 30]
+  for eval_a, eval_b in zip(evals_a, evals_b):
+    for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
+      assert eval_a[key] == pytest.approx(eval_b[key], rel=1e-6), key
   for i in range(2):
     for a, b in zip(
       load_params(workdir / f"params_{i}_of_2.npz"), load_params(straight / f"params_{i}_of_2.npz")

@@ -4,6 +4,8 @@ warning and mended by the next run."""
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -63,3 +65,27 @@ def test_the_log_line_shows_the_sample_terms_only_when_samples_are_trained(caplo
   plain, with_samples = helpers.absl_messages(caplog, logging.INFO)[-2:]
   assert "perceptual=0.4" in plain and "sample_" not in plain
   assert "sample_perceptual=0.5" in with_samples and "sample_best=0.6" in with_samples
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+  """tensorboardX would import PyTorch, where installed, at every training's start;
+  the Reporter keeps it out, and leaves torch importable for whoever needs it."""
+  pytest.importorskip("torch")
+  probe = (
+    "import sys; from percvae_jax import reporting; import numpy as np\n"
+    f"r = reporting.Reporter({str(tmp_path)!r}); r.write(3, {{'loss': 0.5}})\n"
+    "r.write_images(3, {'hr': np.zeros((8, 8, 3), np.uint8)}); r.close()\n"
+    "print('torch' in sys.modules); import torch; print(torch.__name__)"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", probe],
+    cwd=helpers.REPO,
+    env=helpers.subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ["False", "torch"]
+  events = [name for name in os.listdir(tmp_path) if name.startswith("events.out.tfevents")]
+  assert events and os.path.getsize(tmp_path / events[0]) > 0

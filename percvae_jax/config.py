@@ -84,6 +84,10 @@ def base() -> ml_collections.ConfigDict:
   # below `sample_diversity_target` (losses.py); 0 weight: no floor.
   config.loss.sample_diversity_weight = 0.0
   config.loss.sample_diversity_target = 0.0
+  # The samples' texture: Gram matrices of each sample's features against the HR's
+  # per `texture_patch` px patch (losses.py, L_texture); 0 weight: not measured.
+  config.loss.sample_texture_weight = 0.0
+  config.loss.texture_patch = 16
   # What the sample terms may train: "trained", everything the samples depend on; or
   # "fixed", all but the prior's spread (its log-variance), which only the KL then
   # sets, so the samples improve by what the decoder makes of the noise, not by
@@ -252,6 +256,8 @@ RANGES = {
   "loss.sample_best_weight": (0.0, None, True),
   "loss.sample_diversity_weight": (0.0, None, True),
   "loss.sample_diversity_target": (0.0, None, True),
+  "loss.sample_texture_weight": (0.0, None, True),
+  "loss.texture_patch": (2, None, True),
   "train.batch_size": (1, None, True),
   "train.num_steps": (1, None, True),
   "train.max_seconds": (0.0, None, True),
@@ -346,11 +352,13 @@ def validate(config, num_devices: int) -> None:
       f"config.loss.samples={loss.samples}: only model.name=srvae draws prior samples "
       "while training; set config.loss.samples=0."
     )
-  if (loss.samples > 0) != (loss.sample_weight + loss.sample_best_weight > 0):
+  sample_weights = loss.sample_weight + loss.sample_best_weight + loss.sample_texture_weight
+  if (loss.samples > 0) != (sample_weights > 0):
     raise ConfigError(
-      f"config.loss.samples={loss.samples} with sample_weight={loss.sample_weight} and "
-      f"sample_best_weight={loss.sample_best_weight}: drawn samples need a weight, "
-      "and a weight needs samples; set both, or neither."
+      f"config.loss.samples={loss.samples} with sample_weight={loss.sample_weight}, "
+      f"sample_best_weight={loss.sample_best_weight} and sample_texture_weight="
+      f"{loss.sample_texture_weight}: drawn samples need a weight, and a weight needs "
+      "samples; set both, or neither."
     )
   if loss.sample_diversity_weight > 0 and (loss.samples < 2 or loss.sample_diversity_target <= 0):
     raise ConfigError(

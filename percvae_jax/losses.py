@@ -44,6 +44,14 @@ and, with `sample_diversity_weight`, a floor on how far apart they lie:
            2019; Mao et al. 2019). L_best pays for the quietest sample while every
            sample is the mean plus small noise (docs/model.md); this term pays for
            spread itself, wherever the model chooses to put it.
+and, with `sample_texture_weight`, the texture each sample draws:
+  L_texture = per tap, the squared distance between the Gram matrices (the mean of
+           f f^T over a patch's positions, features normed as above) of each sample
+           and of the HR in every `texture_patch` px patch, averaged: a texture loss
+           as EnhanceNet's (Sajjadi et al. 2017). It judges the statistics of the
+           detail, its orientation, colour and scale, not where each stroke lies,
+           so grain is paid for wherever the HR holds none and a sample may draw
+           any texture the HR's patch could hold.
 """
 
 from __future__ import annotations
@@ -133,6 +141,45 @@ def sample_terms(maps) -> dict:
   return {"sample_perceptual": each, "sample_best": best}
 
 
+def _patches(features, size: int):
+  """(..., h, w, c) -> (..., patches, size * size, c): the whole size x size patches."""
+  *lead, h, w, c = features.shape
+  rows, cols = h // size, w // size
+  cut = features[..., : rows * size, : cols * size, :]
+  cut = cut.reshape(*lead, rows, size, cols, size, c)
+  return jnp.swapaxes(cut, -4, -3).reshape(*lead, rows * cols, size * size, c)
+
+
+def gram_distance(sample_features, hr_features, size: int, norm: str):
+  """One tap's ||G(sample) - G(HR)||_F^2 per size x size patch of feature positions,
+  G the mean of f f^T over the patch: (K, N, h, w, c) and (N, h, w, c) -> (K, N,
+  patches). Computed through the positions' inner products where a patch has fewer
+  positions than channels (||A^T A - B^T B||^2 = ||A A^T||^2 - 2 ||A B^T||^2 +
+  ||B B^T||^2), so relu3_3's 256 channels never make 256 x 256 matrices."""
+  if norm != "none":
+    sample_features, hr_features = unit_normalize(sample_features), unit_normalize(hr_features)
+  a = _patches(sample_features.astype(jnp.float32), size)
+  b = _patches(hr_features.astype(jnp.float32), size)[None]
+  positions, channels = a.shape[-2:]
+  if channels <= positions:
+    gram_a = jnp.einsum("...pc,...pd->...cd", a, a)
+    gram_b = jnp.einsum("...pc,...pd->...cd", b, b)
+    return jnp.sum((gram_a - gram_b) ** 2, axis=(-2, -1)) / positions**2
+  inner = [
+    jnp.sum(jnp.einsum("...pc,...qc->...pq", x, y) ** 2, axis=(-2, -1))
+    for x, y in ((a, a), (a, b), (b, b))
+  ]
+  return jnp.maximum(inner[0] - 2 * inner[1] + inner[2], 0.0) / positions**2
+
+
+def texture_distance(sample_features, hr_features, hr_side: int, patch: int, norm: str):
+  """L_texture's tap term: the Gram distance over patches of `patch` HR px (at least
+  2 x 2 feature positions), averaged over samples, images and patches."""
+  stride = max(1, hr_side // hr_features.shape[-3])
+  size = max(2, patch // stride)
+  return jnp.mean(gram_distance(sample_features, hr_features, size, norm))
+
+
 def pairwise_distance(sample_features, norm: str):
   """One tap's distance between every two of K samples' features (K, N, h, w, c),
   averaged over the pairs and positions (L_pairwise, the module docstring)."""
@@ -157,6 +204,14 @@ def perceptual_terms(loss_config, vgg, vgg_params, outputs, hr, tap_weights):
   terms["sample_pairwise"] = sum(
     weight * pairwise_distance(features[tap][0][1:], norm) for tap, weight in tap_weights
   )
+  if loss_config.sample_texture_weight > 0:
+    terms["sample_texture"] = sum(
+      weight
+      * texture_distance(
+        features[tap][0][1:], features[tap][1], hr.shape[1], loss_config.texture_patch, norm
+      )
+      for tap, weight in tap_weights
+    )
   return mean_term, terms
 
 
@@ -200,6 +255,8 @@ def objective(loss_config, outputs, hr, perceptual_loss, samples=None):
       + loss_config.sample_diversity_weight
       * jax.nn.relu(loss_config.sample_diversity_target - samples["sample_pairwise"])
     )
+    if "sample_texture" in samples:
+      total += loss_config.sample_texture_weight * samples["sample_texture"]
   terms = {
     "loss": total,
     "vae": vae,

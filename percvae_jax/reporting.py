@@ -186,6 +186,7 @@ def log_progress(step: int, num_steps: int, values: dict, batch_size: int) -> No
     "sample_perceptual",
     "sample_best",
     "sample_pairwise",
+    "sample_texture",
   )
   shown = {k: values[k] for k in names if k in values}
   logging.info(

@@ -127,6 +127,73 @@ def test_diversity_hinge_pays_only_below_its_target(target, paid):
   assert float(total) == pytest.approx(2.0 * paid, abs=1e-6)
 
 
+def direct_gram_distance(a, b, size, norm):
+  """numpy, float64: the Gram matrices themselves, patch by patch."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if norm != "none":
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+  k, n, h, w, _ = a.shape
+  out = np.zeros((k, n, (h // size) * (w // size)))
+  for i in range(k):
+    for j in range(n):
+      for p, (y, x) in enumerate(
+        (y, x) for y in range(0, h // size * size, size) for x in range(0, w // size * size, size)
+      ):
+        fa = a[i, j, y : y + size, x : x + size].reshape(size * size, -1)
+        fb = b[j, y : y + size, x : x + size].reshape(size * size, -1)
+        out[i, j, p] = np.sum((fa.T @ fa - fb.T @ fb) ** 2) / (size * size) ** 2
+  return out
+
+
+@pytest.mark.parametrize("channels", [3, 40])  # fewer, then more, channels than positions.
+@pytest.mark.parametrize("norm", ["none", "channel"])
+def test_gram_distance_is_the_patches_gram_matrices_distance(channels, norm):
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(2, 2, 9, 8, channels)).astype(np.float32)  # 9 rows: one cut off.
+  b = rng.normal(size=(2, 9, 8, channels)).astype(np.float32)
+  got = np.asarray(losses.gram_distance(a, b, 4, norm))
+  want = direct_gram_distance(a, b, 4, norm)
+  assert got.shape == (2, 2, 4)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+  assert want.min() > 0
+
+
+def test_texture_distance_judges_a_patch_statistics_not_where_its_detail_lies():
+  """Shuffling positions inside each patch keeps the texture distance at 0, where the
+  per-position distance grows; grain laid over a flat HR costs texture distance."""
+  rng = np.random.default_rng(2)
+  hr = rng.normal(size=(1, 8, 8, 16)).astype(np.float32)
+  shuffled = hr.reshape(1, 2, 4, 2, 4, 16)[:, :, ::-1, :, ::-1].reshape(1, 8, 8, 16)
+  assert float(losses.feature_distance(shuffled, hr, "channel")) > 0.5
+  assert float(losses.texture_distance(shuffled[None], hr, 8, 4, "channel")) < 1e-6
+  flat = np.ones((1, 8, 8, 16), np.float32)
+  grain = flat + 0.5 * rng.normal(size=flat.shape).astype(np.float32)
+  assert float(losses.texture_distance(grain[None], flat, 8, 4, "channel")) > 1e-3
+  # The patch is counted in HR px: a tap at half the HR's resolution takes patches of
+  # half the side, so an 8 px patch over 16 px of HR is the 4 x 4 patch above.
+  np.testing.assert_allclose(
+    float(losses.texture_distance(grain[None], flat, 16, 8, "channel")),
+    float(jnp.mean(losses.gram_distance(grain[None], flat, 4, "channel"))),
+    rtol=1e-6,
+  )
+
+
+def test_objective_adds_the_texture_term_at_its_weight():
+  config = sampling_config(loss__sample_texture_weight=4.0)
+  hr = jnp.zeros((1, 4, 4, 3))
+  outputs = {"sr": hr, "generated": hr, "kl": jnp.zeros((1,))}
+  samples = {
+    "sample_perceptual": jnp.asarray(0.0),
+    "sample_best": jnp.asarray(0.0),
+    "sample_pairwise": jnp.asarray(0.0),
+    "sample_texture": jnp.asarray(0.25),
+  }
+  total, terms = losses.objective(config.loss, outputs, hr, jnp.zeros(()), samples)
+  assert float(total) == pytest.approx(4.0 * 0.25, abs=1e-6)
+  assert float(terms["sample_texture"]) == pytest.approx(0.25)
+
+
 @pytest.mark.parametrize("norm", ["none", "channel"])
 def test_distance_map_averages_to_the_feature_distance(norm):
   rng = np.random.default_rng(0)
@@ -153,7 +220,12 @@ def sampling_config(**overrides):
 def test_train_step_adds_the_sample_terms_at_their_weights():
   # A target above any pairwise distance (each channel-normalised tap's is at most
   # 4), so the hinge pays target - L_pairwise.
-  config = sampling_config(loss__sample_diversity_weight=3.0, loss__sample_diversity_target=9.0)
+  config = sampling_config(
+    loss__sample_diversity_weight=3.0,
+    loss__sample_diversity_target=9.0,
+    loss__sample_texture_weight=5.0,
+    loss__texture_patch=8,
+  )
   config_lib.validate(config, 1)
   model = vae.create(config)
   vgg_module, vgg_params = train_state.perceptual_network(config)
@@ -170,9 +242,11 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
     + 0.1 * terms["perceptual"]
     + 0.5 * terms["sample_perceptual"]
     + 2.0 * terms["sample_best"]
-    + 3.0 * (9.0 - terms["sample_pairwise"]),
+    + 3.0 * (9.0 - terms["sample_pairwise"])
+    + 5.0 * terms["sample_texture"],
     rel=1e-5,
   )
+  assert terms["sample_texture"] > 0
   # The mean output's term is the one a run without samples computes.
   plain = sampling_config(loss__samples=0, loss__sample_weight=0.0, loss__sample_best_weight=0.0)
   _, alone = jax.jit(train.make_train_step(plain, vgg_module))(state, {"hr": jnp.asarray(batch)})
@@ -186,6 +260,16 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
     (dict(model__name="seed"), "only model.name=srvae"),
     (dict(loss__sample_weight=0.0, loss__sample_best_weight=0.0), "need a weight"),
     (dict(loss__samples=0), "need a weight"),
+    (
+      dict(
+        loss__samples=0,
+        loss__sample_weight=0.0,
+        loss__sample_best_weight=0.0,
+        loss__sample_texture_weight=1.0,
+      ),
+      "need a weight",
+    ),
+    (dict(loss__texture_patch=1), "texture_patch"),
     (dict(loss__sample_temperature=0.0), "sample_temperature"),
     (dict(loss__sample_spread="frozen"), "sample_spread"),
     (dict(loss__sample_diversity_weight=1.0), "target above 0"),

@@ -51,7 +51,9 @@ and, with `sample_texture_weight`, the texture each sample draws:
            as EnhanceNet's (Sajjadi et al. 2017). It judges the statistics of the
            detail, its orientation, colour and scale, not where each stroke lies,
            so grain is paid for wherever the HR holds none and a sample may draw
-           any texture the HR's patch could hold.
+           any texture the HR's patch could hold. With the channel norm the Gram
+           sees which features occur together, not how strongly: contrast is free
+           (docs/model.md).
 """
 
 from __future__ import annotations

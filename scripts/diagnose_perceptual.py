@@ -3,7 +3,7 @@ measurements on one batch of HR crops, for a model at initialisation and after a
 training (--workdir: a run's checkpoint).
 
   python scripts/diagnose_perceptual.py --data-dir T91 --output diag.json
-  python scripts/diagnose_perceptual.py --workdir runs/x --data-dir T91
+  python scripts/diagnose_perceptual.py --workdir runs/x --data-dir T91 --taps relu2_2,relu3_3
 
 It prints and writes:
   1. features: per VGG16 tap, the HR features' mean square, the bicubic output's
@@ -42,35 +42,68 @@ from percvae_jax.models import vae, vgg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Jitted: op by op, each of a model's hundred leaves compiles its own tiny programs.
 def tree_norm(tree) -> float:
-  return float(optax.tree.norm(tree))
+  return float(jax.jit(optax.tree.norm)(tree))
 
 
 def subtree_norm(grads, prefix: str) -> float:
   return tree_norm({k: v for k, v in grads.items() if k.startswith(prefix)})
 
 
-def cosine(a, b) -> float:
+@jax.jit
+def tree_cosine(a, b):
   a, b = jax.flatten_util.ravel_pytree(a)[0], jax.flatten_util.ravel_pytree(b)[0]
-  return float(jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30))
+  return jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30)
+
+
+def cosine(a, b) -> float:
+  return float(tree_cosine(a, b))
+
+
+@jax.jit
+def adam_against_pixel_only(params, g_pixel, g_perc, weight):
+  """The first Adam update of pixel + weight x perceptual against pixel-only's: their
+  cosine, the share of the parameters the pixel term moves whose step changes sign, and
+  the perceptual term's share of the gradient's norm."""
+  tx = optax.adam(1e-3)
+  first_update = lambda g: jax.flatten_util.ravel_pytree(tx.update(g, tx.init(params), params)[0])[
+    0
+  ]
+  base = first_update(g_pixel)
+  moving = base != 0  # parameters the pixel term moves (at initialisation, only the
+  # zero-initialised output convs get gradients).
+  weighted = jax.tree.map(lambda b: weight * b, g_perc)
+  mixed = jax.tree.map(jnp.add, g_pixel, weighted)
+  update = first_update(mixed)
+  return {
+    "cosine_to_pixel_only": jnp.dot(update, base)
+    / (jnp.linalg.norm(update) * jnp.linalg.norm(base)),
+    "sign_flips": jnp.sum((jnp.sign(update) != jnp.sign(base)) & moving) / jnp.sum(moving),
+    "perceptual_share_of_gradient": optax.tree.norm(weighted) / optax.tree.norm(mixed),
+  }
 
 
 @functools.partial(jax.jit, static_argnames=("tap", "norm"))
 def feature_term(x, hr_features, vgg_params, tap: str, norm: str):
-  """One tap's feature distance at the output x, and its gradient there."""
-  network = vgg.VGG16(taps=vgg.TAPS)
+  """One tap's feature distance at the output x, and its gradient there (the VGG16
+  up to that tap only)."""
+  network = vgg.VGG16(taps=(tap,))
+  params = vgg.params_for_taps(vgg_params, (tap,))
   term = lambda x: losses.feature_distance(
-    network.apply({"params": vgg_params}, x)[tap], hr_features[tap], norm
+    network.apply({"params": params}, x)[tap], hr_features[tap], norm
   )
   return jax.value_and_grad(term)(x)
 
 
-def feature_report(vgg_params, sr, hr, pixel_grad_norm: float) -> dict:
+def feature_report(vgg_params, sr, hr, pixel_grad_norm: float, taps=vgg.TAPS) -> dict:
   """Per tap: magnitudes, plain and normalised distances, and their output gradients."""
-  hr_features = jax.jit(vgg.VGG16(taps=vgg.TAPS).apply)({"params": vgg_params}, hr)
+  hr_features = jax.jit(vgg.VGG16(taps=tuple(taps)).apply)(
+    {"params": vgg.params_for_taps(vgg_params, tuple(taps))}, hr
+  )
   rows = {}
   pixel_mse = float(jnp.mean((sr - hr) ** 2))
-  for tap in vgg.TAPS:
+  for tap in taps:
     row = {"hr_mean_square": float(jnp.mean(hr_features[tap] ** 2))}
     for norm in ("none", "channel"):
       value, grad = feature_term(sr, hr_features, vgg_params, tap=tap, norm=norm)
@@ -99,8 +132,17 @@ def main(argv=None) -> int:
     default="1e-4,5e-4,1e-3,1e-2",
     help="gamma values of the plain relu3_3 term to compare",
   )
+  parser.add_argument(
+    "--taps",
+    default=",".join(vgg.TAPS),
+    help="VGG16 taps to report on, comma-separated (each compiles its own gradient)",
+  )
   parser.add_argument("--output", help="JSON file to write")
   args = parser.parse_args(argv)
+  taps = args.taps.split(",")
+  unknown = sorted(set(taps) - set(vgg.TAPS))
+  if unknown:
+    parser.error(f"--taps: no tap {', '.join(unknown)}; choose among {', '.join(vgg.TAPS)}")
 
   if args.workdir:
     config, model, params, step = inference.restore_model(args.workdir)
@@ -147,7 +189,9 @@ def main(argv=None) -> int:
       "generated": float(jnp.mean((generated - hr) ** 2)),
       "vae": float(jnp.mean((outputs(params)["sr"] - hr) ** 2)),
     },
-    "features_at_generated_output": feature_report(vgg_params, generated, hr, pixel_grad_norm),
+    "features_at_generated_output": feature_report(
+      vgg_params, generated, hr, pixel_grad_norm, taps
+    ),
   }
 
   gradients = {}
@@ -165,23 +209,10 @@ def main(argv=None) -> int:
 
   adam = {}
   for path, (g_pixel, g_perc) in gradients.items():
-    tx = optax.adam(1e-3)
-    first_update = lambda g, tx=tx: tx.update(g, tx.init(params), params)[0]
-    base = jax.flatten_util.ravel_pytree(first_update(g_pixel))[0]
-    moving = base != 0  # parameters the pixel term moves (at initialisation, only the
-    # zero-initialised output convs get gradients).
     for weight in [float(w) for w in args.weights.split(",")]:
-      mixed = jax.tree.map(lambda a, b, w=weight: a + w * b, g_pixel, g_perc)
-      update = jax.flatten_util.ravel_pytree(first_update(mixed))[0]
-      share = tree_norm(jax.tree.map(lambda b, w=weight: w * b, g_perc)) / tree_norm(mixed)
+      row = adam_against_pixel_only(params, g_pixel, g_perc, weight)
       adam[f"{'vae' if path == 'sr' else 'generated'}@{weight:g}"] = {
-        "cosine_to_pixel_only": float(
-          jnp.dot(update, base) / (jnp.linalg.norm(update) * jnp.linalg.norm(base))
-        ),
-        "sign_flips": float(
-          jnp.sum((jnp.sign(update) != jnp.sign(base)) & moving) / jnp.sum(moving)
-        ),
-        "perceptual_share_of_gradient": share,
+        k: float(v) for k, v in row.items()
       }
   report["adam_first_update"] = adam
 

@@ -1,5 +1,6 @@
 """Data parallelism: 8 devices, and 2 processes, train exactly as 1 device does, the
-latter through a preemption notice to one of them, which stops both at the same step.
+former through a checkpoint resumed on 1 device and back, the latter through a
+preemption notice to one of them, which stops both at the same step.
 Every training here runs in tests/workers/train_worker.py, in a fresh process
 (XLA_FLAGS sets the CPU device count when a process starts)."""
 
@@ -88,20 +89,12 @@ def single_device_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_eight_devices_train_like_one(single_device_run, tmp_path):
-  finish([start_worker(tmp_path, 8, COMPARED)])
-  assert_same_run(
-    single_device_run,
-    single_device_run / "params_0_of_1.npz",
-    tmp_path,
-    tmp_path / "params_0_of_1.npz",
-  )
-
-
-@pytest.mark.slow
-def test_checkpoint_from_eight_devices_resumes_on_one_and_back(single_device_run, tmp_path):
-  """Stopped at each evaluation, resumed on the other layout: the single-device run's
-  numbers. Each run ends on a checkpoint, whatever train.checkpoint_every says."""
+def test_eight_devices_train_like_one_through_a_checkpoint_on_one_and_back(
+  single_device_run, tmp_path
+):
+  """8 devices, stopped at each evaluation and resumed on the other layout (8 -> 1 -> 8):
+  the single-device run's numbers, so 8 devices train as 1 does and a checkpoint moves
+  between layouts. Each run ends on a checkpoint, whatever train.checkpoint_every says."""
   for devices, steps in ((8, 10), (1, 20), (8, 30)):
     finish([start_worker(tmp_path, devices, dict(COMPARED, train__num_steps=steps))])
   steps = [r["step"] for r in metrics(tmp_path) if "split" not in r]

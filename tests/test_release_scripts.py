@@ -83,6 +83,8 @@ def test_diagnose_perceptual_measures_each_term(data_root, tmp_path):
       "2",
       "--weights",
       "1e-3",
+      "--taps",
+      "relu1_2,relu3_3",
       "--output",
       str(output),
     ]
@@ -90,6 +92,7 @@ def test_diagnose_perceptual_measures_each_term(data_root, tmp_path):
   assert code == 0
   report = json.loads(output.read_text())
   features = report["features_at_generated_output"]
+  assert set(features) == {"relu1_2", "relu3_3"}
   # The plain relu3_3 MSE dwarfs the pixel MSE; unit-normalised features stay in [0, 4].
   assert features["relu3_3"]["none"]["ratio_to_pixel_mse"] > 10
   for tap in features.values():

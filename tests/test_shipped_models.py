@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from percvae_jax import inference, lpips, released, scoring
+from percvae_jax import inference, released, scoring
 from tests import helpers
 
 SHIPPED = released.names()
@@ -32,10 +32,11 @@ def test_a_shipped_model_reproduces_its_recorded_set5_scores(name):
   recorded = released.metadata(name)["scores"]["Set5"]
   config, upscaler, _ = inference.load_upscaler(name=name)
   sources = scoring.folder_sources(set5)
-  lpips_fn = lpips.make_lpips("alex")
   rows = [
     s["model"]
-    for _, s, _ in scoring.score_images(sources, config.data.scale, 0.0, lpips_fn, upscaler)
+    for _, s, _ in scoring.score_images(
+      sources, config.data.scale, 0.0, scoring.alex_lpips(), upscaler
+    )
     if s is not None
   ]
   measured = scoring.mean_scores(rows)

@@ -15,7 +15,7 @@ from percvae_jax import losses as losses_lib
 from percvae_jax.errors import NonFiniteLossError
 from percvae_jax.models import vae
 from tests import helpers
-from tests.helpers import REPO, shared_data, tiny_config
+from tests.helpers import REPO, tiny_config
 
 
 def fixed_batch(batch_size=4, hr_size=32):
@@ -212,13 +212,13 @@ def test_whole_loop_on_mock_oxford_pets(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "seed"
 
 
-def run_main(workdir, *flags, timeout=300):
+def run_main(workdir, photo_dirs, *flags, timeout=300):
   """Runs the CLI as a user would; returns (exit code, combined output)."""
   command = helpers.main_command(
     workdir,
     "--config.data.name=folder",
-    f"--config.data.train_dir={shared_data('SunHays80')}",
-    f"--config.data.eval_dir={shared_data('Set5')}",
+    f"--config.data.train_dir={photo_dirs / 'train'}",
+    f"--config.data.eval_dir={photo_dirs / 'eval'}",
     "--config.data.hr_size=32",
     "--config.model.features=8",
     "--config.model.num_blocks=2",
@@ -227,7 +227,7 @@ def run_main(workdir, *flags, timeout=300):
     "--config.train.eval_every=3",
     "--config.train.checkpoint_every=3",
     "--config.train.lr_schedule=constant",
-    "--config.data.num_eval_images=5",
+    "--config.data.num_eval_images=4",
     "--config.loss.gamma=0",
     *flags,
     config="default",
@@ -239,34 +239,23 @@ def run_main(workdir, *flags, timeout=300):
 
 
 @pytest.mark.slow
-def test_cli_checkpoints_and_resumes_where_it_stopped(tmp_path):
+def test_cli_checkpoints_and_resumes_where_it_stopped(tmp_path, photo_dirs):
+  """The command a user types, stopped and run again with more steps: nothing trained
+  twice or lost (that the numbers equal an uninterrupted run's is
+  tests/test_checkpoints.py's sigkill test)."""
   workdir = tmp_path / "run"
-  code, output = run_main(workdir, "--config.train.num_steps=6")
+  code, output = run_main(workdir, photo_dirs, "--config.train.num_steps=6")
   assert code == 0, output
   assert "Evaluation at step 6" in output and "bicubic" in output
-  code, output = run_main(workdir, "--config.train.num_steps=9")
+  code, output = run_main(workdir, photo_dirs, "--config.train.num_steps=9")
   assert code == 0, output
   assert "Resuming from the checkpoint at step 6" in output
   records = reporting.read_jsonl(str(workdir / "metrics.jsonl"))
   steps = [r["step"] for r in records if "split" not in r]
   assert steps == list(range(1, 10))  # nothing trained twice, nothing lost
   assert [r["step"] for r in records if r.get("split") == "eval"] == [3, 6, 9]
-
-  # The same 9 steps without the interruption give the same numbers.
-  straight = tmp_path / "straight"
-  code, output = run_main(straight, "--config.train.num_steps=9")
-  assert code == 0, output
-  resumed = reporting.read_jsonl(str(workdir / "metrics.jsonl"))
-  uninterrupted = reporting.read_jsonl(str(straight / "metrics.jsonl"))
-  for a, b in zip(resumed, uninterrupted):
-    for key in ("loss", "recon", "kl", "psnr"):
-      if key in a:
-        assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
-  _, _, params_a, step_a = inference.restore_model(str(workdir))
-  _, _, params_b, step_b = inference.restore_model(str(straight))
-  assert step_a == step_b == 9
-  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  _, _, _, step = inference.restore_model(str(workdir))
+  assert step == 9
 
 
 @pytest.mark.slow

@@ -12,12 +12,14 @@ A second stage then sees the same images at several scales, as LapSRN and VDSR t
 side (s uniform in [0.5, 1]) and downscaled to it (`data.min_downscale`).
 
 Run (from the repository's root, ../shared/data beside it):
-  python -m percvae_jax.main --config configs/release_x2.py --workdir runs/release_x2
+  python -m percvae_jax.main --config configs/release_x2.py --workdir runs/release_x2 \
+    --config.train.init_from=runs/release_x4
   python -m percvae_jax.main --config configs/release_x2.py --workdir runs/release_x2_scales \
     --config.train.init_from=runs/release_x2 --config.data.min_downscale=0.5 \
     --config.train.num_steps=4000 --config.train.learning_rate=5e-4
   python scripts/release_model.py --workdir runs/release_x2_scales --name x2
-(The released first stage started from the `x4` of 2026-12-06; the second from the
+(The released first stage started from the `x4` of 2026-12-06, configs/release_x4.py's
+first stage, as the run names it: the released `x4` is since trained from `x3`; the second from the
 first stage's release, `x2` of 2026-12-06, with --config.train.init_from=x2
 --config.train.posterior_from_prior=True: a release keeps no posterior, and q = p
 starts its KL at 0.)

@@ -8,11 +8,13 @@ the scale (upsampling head, posterior input) start fresh, as EDSR fine-tunes one
 scale from another. 12,000 steps, then 4,000 more from that model at Adam 2e-4 (a
 second cosine cycle), then 4,000 more at Adam 5e-4 with each crop seen at a random
 scale in [0.5, 1] (`data.min_downscale`, as LapSRN and VDSR train). The released one
-started from the `x4` of 2026-12-06 (31.38 / 28.12 / 27.29); `x4` names its second
-stage since 2026-12-07.
+started from the `x4` of 2026-12-06 (31.38 / 28.12 / 27.29), configs/release_x4.py's
+first stage: the released `x4` is since trained from this `x3`, so the run names
+that stage's workdir.
 
 Run (from the repository's root, ../shared/data beside it):
-  python -m percvae_jax.main --config configs/release_x3.py --workdir runs/release_x3
+  python -m percvae_jax.main --config configs/release_x3.py --workdir runs/release_x3 \
+    --config.train.init_from=runs/release_x4
   python -m percvae_jax.main --config configs/release_x3.py --workdir runs/release_x3_more \
     --config.train.init_from=runs/release_x3 --config.train.num_steps=4000 \
     --config.train.learning_rate=2e-4

@@ -7,28 +7,34 @@ decay — with a trunk of 8 blocks of 48 channels (464K parameters, 57.2K FLOPs 
 output pixel) and the Charbonnier distance, for 16,000 steps (docs/results.md, "What
 buys dB per FLOP": depth and width bought the most).
 
-A second stage then sees the same images at several scales, as LapSRN and VDSR train:
-5,000 steps at Adam 5e-4 from the first stage, each crop taken from a window 1/s its
-side (s uniform in [0.5, 1]) and downscaled to it (`data.min_downscale`).
+Its trunk then trains the released `x3` (configs/release_x3.py), and a last stage
+brings it back to x4: 7,000 steps at Adam 5e-4 from that `x3` (the layers whose shape
+depends on the scale start fresh), each crop taken from a window 1/s its side (s
+uniform in [0.5, 1]) and downscaled to it (`data.min_downscale`), as LapSRN and VDSR
+train.
 
-Run (from the repository's root, ../shared/data beside it):
+Run (from the repository's root, ../shared/data beside it; the middle line is
+configs/release_x3.py's docstring, whose first stage starts from runs/release_x4):
   python -m percvae_jax.main --config configs/release_x4.py --workdir runs/release_x4
+  (configs/release_x3.py's three stages, into runs/release_x3_scales)
   python -m percvae_jax.main --config configs/release_x4.py --workdir runs/release_x4_scales \
-    --config.train.init_from=runs/release_x4 --config.data.min_downscale=0.5 \
-    --config.train.num_steps=5000 --config.train.learning_rate=5e-4
+    --config.train.init_from=runs/release_x3_scales --config.data.min_downscale=0.5 \
+    --config.train.num_steps=7000 --config.train.learning_rate=5e-4
   python scripts/release_model.py --workdir runs/release_x4_scales --name x4
-(The released second stage started from the first stage's release, `x4` of 2026-12-06,
-with --config.train.init_from=x4 --config.train.posterior_from_prior=True: a release
-keeps no posterior, and q = p starts its KL at 0.)
+(The released last stage started from the released `x3` of 2026-12-07, with
+--config.train.init_from=x3 --config.train.posterior_from_prior=True: a release keeps
+no posterior, and q = p starts its KL at 0.)
 
 Result (first stage: AMD EPYC with AVX-512, 2 cores, shared with another training for
-most of it: 1.5 hours of wall time for 16,000 steps; second stage: AMD EPYC with AVX2
-only, 2 cores, 60 minutes for 5,000 steps, ~25 images/s; jax 0.10.2; 2026-12-06 and
-2026-12-07), classic protocol, Y-PSNR / SSIM / LPIPS (AlexNet):
-  Set5 31.43 / 0.8846 / 0.172, Set14 28.13 / 0.7702 / 0.289, BSD100 27.31 / 0.7272 / 0.384
+most of it: 1.5 hours of wall time for 16,000 steps; last stage: AMD EPYC with AVX2
+only, 2 cores, 56 minutes of training for 7,000 steps, ~35 images/s; jax 0.10.2;
+2026-12-06 and 2026-12-07), classic protocol, Y-PSNR / SSIM / LPIPS (AlexNet):
+  Set5 31.55 / 0.8862 / 0.170, Set14 28.16 / 0.7714 / 0.287, BSD100 27.34 / 0.7284 / 0.382
   (VDSR 31.35, 28.01, 27.29; LapSRN 31.54, 28.19, 27.32); held out, the first 20 images:
-  Urban100 24.75, Manga109 29.49 dB. The first stage alone: 31.38 / 28.12 / 27.29
-  (Urban100 24.69, Manga109 29.42).
+  Urban100 24.79, Manga109 29.62 dB. With --ensemble: 31.74 / 28.30 / 27.40. The first
+  stage alone: 31.38 / 28.12 / 27.29 (Urban100 24.69, Manga109 29.42); 5,000 steps with
+  the scales from it instead of x3's trunk (the morning's `x4` of 2026-12-07): 31.43 /
+  28.13 / 27.31 (Urban100 24.75, Manga109 29.49).
 The previous `x4` (4 blocks of 32, MSE, 12,000 steps: 31.01 / 27.91 / 27.13) is this
 config with --config.model.features=32 --config.model.num_blocks=4
 --config.loss.pixel_loss=mse --config.train.num_steps=12000; `x4-perceptual` starts

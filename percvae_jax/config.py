@@ -88,6 +88,10 @@ def base() -> ml_collections.ConfigDict:
   # per `texture_patch` px patch (losses.py, L_texture); 0 weight: not measured.
   config.loss.sample_texture_weight = 0.0
   config.loss.texture_patch = 16
+  # Its features: "perceptual" normed as perceptual_norm says (with the channel norm the
+  # Gram is blind to contrast); "energy" unnormed, each tap's distance divided by the
+  # square of the HR features' mean squared norm, so contrast counts at the same scale.
+  config.loss.texture_norm = "perceptual"
   # What the sample terms may train: "trained", everything the samples depend on; or
   # "fixed", all but the prior's spread (its log-variance), which only the KL then
   # sets, so the samples improve by what the decoder makes of the noise, not by
@@ -186,6 +190,7 @@ PERCEPTUAL_NORMS = ("none", "channel")
 PERCEPTUAL_TARGETS = ("vae", "generated")
 VGG_CONVOLUTIONS = ("auto", "direct", "winograd")
 SAMPLE_SPREADS = ("trained", "fixed")
+TEXTURE_NORMS = ("perceptual", "energy")
 
 
 def _choice(name: str, value, choices) -> None:
@@ -307,6 +312,7 @@ def validate(config, num_devices: int) -> None:
   _choice("loss.perceptual_on", loss.perceptual_on, PERCEPTUAL_TARGETS)
   _choice("loss.vgg_convolution", loss.vgg_convolution, VGG_CONVOLUTIONS)
   _choice("loss.sample_spread", loss.sample_spread, SAMPLE_SPREADS)
+  _choice("loss.texture_norm", loss.texture_norm, TEXTURE_NORMS)
   if loss.vgg_convolution == "winograd" and config.train.compute_dtype != "float32":
     raise ConfigError(
       "config.loss.vgg_convolution='winograd' runs in float32 only; set "

@@ -53,7 +53,9 @@ and, with `sample_texture_weight`, the texture each sample draws:
            so grain is paid for wherever the HR holds none and a sample may draw
            any texture the HR's patch could hold. With the channel norm the Gram
            sees which features occur together, not how strongly: contrast is free
-           (docs/model.md).
+           (docs/model.md); `texture_norm="energy"` takes the features unnormed
+           and divides each tap's distance by the square of the HR features' mean
+           squared norm, so contrast counts and the taps weigh as before.
 """
 
 from __future__ import annotations
@@ -176,10 +178,18 @@ def gram_distance(sample_features, hr_features, size: int, norm: str):
 
 def texture_distance(sample_features, hr_features, hr_side: int, patch: int, norm: str):
   """L_texture's tap term: the Gram distance over patches of `patch` HR px (at least
-  2 x 2 feature positions), averaged over samples, images and patches."""
+  2 x 2 feature positions), averaged over samples, images and patches. `norm` "energy":
+  unnormed features, the distance divided by the square of the HR features' mean
+  squared norm (the scale of its Gram matrices: what the channel norm makes 1), so
+  that contrast counts and each tap weighs as under the channel norm."""
   stride = max(1, hr_side // hr_features.shape[-3])
   size = max(2, patch // stride)
-  return jnp.mean(gram_distance(sample_features, hr_features, size, norm))
+  if norm != "energy":
+    return jnp.mean(gram_distance(sample_features, hr_features, size, norm))
+  energy = jnp.mean(jnp.sum(jnp.square(hr_features.astype(jnp.float32)), axis=-1))
+  energy = jax.lax.stop_gradient(energy)
+  distance = jnp.mean(gram_distance(sample_features, hr_features, size, "none"))
+  return distance / (energy**2 + _NORM_EPS)
 
 
 def pairwise_distance(sample_features, norm: str):
@@ -207,10 +217,15 @@ def perceptual_terms(loss_config, vgg, vgg_params, outputs, hr, tap_weights):
     weight * pairwise_distance(features[tap][0][1:], norm) for tap, weight in tap_weights
   )
   if loss_config.sample_texture_weight > 0:
+    texture_norm = "energy" if loss_config.texture_norm == "energy" else norm
     terms["sample_texture"] = sum(
       weight
       * texture_distance(
-        features[tap][0][1:], features[tap][1], hr.shape[1], loss_config.texture_patch, norm
+        features[tap][0][1:],
+        features[tap][1],
+        hr.shape[1],
+        loss_config.texture_patch,
+        texture_norm,
       )
       for tap, weight in tap_weights
     )

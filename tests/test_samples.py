@@ -179,6 +179,50 @@ def test_texture_distance_judges_a_patch_statistics_not_where_its_detail_lies():
   )
 
 
+def test_energy_texture_sees_contrast_and_is_the_plain_gram_over_the_hr_energy_squared():
+  """Unnormed, a sample twice the HR's contrast costs; under the channel norm it is free.
+  The value is the plain Gram distance over the square of the HR features' mean squared
+  norm, so scaling HR and sample together leaves it unchanged."""
+  rng = np.random.default_rng(3)
+  hr = np.abs(rng.normal(size=(1, 8, 8, 16))).astype(np.float32)
+  louder = 2.0 * hr
+  assert float(losses.texture_distance(louder[None], hr, 8, 4, "channel")) < 1e-6
+  energy = float(losses.texture_distance(louder[None], hr, 8, 4, "energy"))
+  plain = float(jnp.mean(losses.gram_distance(louder[None], hr, 4, "none")))
+  assert energy == pytest.approx(plain / float(np.mean(np.sum(hr**2, -1))) ** 2, rel=1e-5)
+  assert energy > 1.0  # G(2f) = 4 G(f): the distance is 9 ||G(f)||^2, against ||G(f)||^2.
+  scaled = float(losses.texture_distance(10 * louder[None], 10 * hr, 8, 4, "energy"))
+  assert scaled == pytest.approx(energy, rel=1e-4)
+
+
+class PixelTaps:
+  """Stands in for the VGG16: its 'taps' are the images at full and half resolution."""
+
+  def apply(self, variables, images):
+    del variables
+    return {"relu1_2": images, "relu2_2": images[:, ::2, ::2]}
+
+
+@pytest.mark.parametrize("texture_norm", ["perceptual", "energy"])
+def test_the_texture_term_takes_the_features_as_texture_norm_says(texture_norm):
+  config = sampling_config(
+    loss__sample_texture_weight=1.0, loss__texture_patch=4, loss__texture_norm=texture_norm
+  )
+  rng = np.random.default_rng(4)
+  hr = jnp.asarray(rng.uniform(size=(2, 16, 16, 3)), jnp.float32)
+  outputs = {
+    "generated": hr,
+    "samples": jnp.asarray(rng.uniform(size=(3, 2, 16, 16, 3)), jnp.float32),
+  }
+  taps = (("relu1_2", 1.0), ("relu2_2", 0.5))
+  _, terms = losses.perceptual_terms(config.loss, PixelTaps(), {}, outputs, hr, taps)
+  norm = "energy" if texture_norm == "energy" else config.loss.perceptual_norm
+  want = losses.texture_distance(outputs["samples"], hr, 16, 4, norm) + 0.5 * (
+    losses.texture_distance(outputs["samples"][:, :, ::2, ::2], hr[:, ::2, ::2], 16, 4, norm)
+  )
+  assert float(terms["sample_texture"]) == pytest.approx(float(want), rel=1e-5)
+
+
 def test_objective_adds_the_texture_term_at_its_weight():
   config = sampling_config(loss__sample_texture_weight=4.0)
   hr = jnp.zeros((1, 4, 4, 3))
@@ -270,6 +314,7 @@ def test_train_step_adds_the_sample_terms_at_their_weights():
       "need a weight",
     ),
     (dict(loss__texture_patch=1), "texture_patch"),
+    (dict(loss__texture_norm="gram"), "texture_norm"),
     (dict(loss__sample_temperature=0.0), "sample_temperature"),
     (dict(loss__sample_spread="frozen"), "sample_spread"),
     (dict(loss__sample_diversity_weight=1.0), "target above 0"),

@@ -2,10 +2,11 @@
 
 Recipe: `percvae_jax.config.fidelity_sr` — the 291 images (T91 + BSD200), bicubic LR
 without blur, pixel distance on the VAE's and the generated output, KL 1e-3, 64 px HR
-crops, batch 16, Adam 1e-3 with cosine decay — with the released `x4`'s trunk (8
-blocks of 48 channels, Charbonnier) as its start: the layers whose shape depends on
-the scale (upsampling head, posterior input) start fresh, as EDSR fine-tunes one
-scale from another. 5,000 steps.
+crops, batch 16, Adam 1e-3 with cosine decay — with an `x4`'s trunk (8
+blocks of 48 channels, Charbonnier) as its start (by default the released `x4`'s, a
+fine-tune; the run below names x4's first stage, as the release did): the layers
+whose shape depends on the scale (upsampling head, posterior input) start fresh, as
+EDSR fine-tunes one scale from another. 5,000 steps.
 
 A second stage then sees the same images at several scales, as LapSRN and VDSR train:
 4,000 steps at Adam 5e-4 from the first stage, each crop taken from a window 1/s its

@@ -2,15 +2,16 @@
 
 Recipe: `percvae_jax.config.fidelity_sr` — the 291 images (T91 + BSD200), bicubic LR
 without blur, pixel distance on the VAE's and the generated output, KL 1e-3, 72 px HR
-crops, batch 16, Adam 1e-3 with cosine decay — with the released `x4`'s trunk (8
-blocks of 48 channels, Charbonnier) as its start: the layers whose shape depends on
-the scale (upsampling head, posterior input) start fresh, as EDSR fine-tunes one
+crops, batch 16, Adam 1e-3 with cosine decay — with an `x4`'s trunk (8 blocks of 48
+channels, Charbonnier) as its start (by default the released `x4`'s, a fine-tune; the
+run below names x4's first stage, as the release did): the layers whose shape depends
+on the scale (upsampling head, posterior input) start fresh, as EDSR fine-tunes one
 scale from another. 12,000 steps, then 4,000 more from that model at Adam 2e-4 (a
 second cosine cycle), then 4,000 more at Adam 5e-4 with each crop seen at a random
 scale in [0.5, 1] (`data.min_downscale`, as LapSRN and VDSR train). The released one
 started from the `x4` of 2026-12-06 (31.38 / 28.12 / 27.29), configs/release_x4.py's
-first stage: the released `x4` is since trained from this `x3`, so the run names
-that stage's workdir.
+first stage: the released `x4` is since trained from this `x3`, so the run names that
+stage's workdir.
 
 Run (from the repository's root, ../shared/data beside it):
   python -m percvae_jax.main --config configs/release_x3.py --workdir runs/release_x3 \

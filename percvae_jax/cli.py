@@ -40,7 +40,7 @@ def define_inference_flags() -> None:
     None,
     "Most LR px on a side of the tiles the model runs on (each image's are sized to "
     "cover it with the fewest); lower it to use less memory. "
-    f"Default: {inference.KEPT_TILE} plus twice the model's margin (256 for x2, x3, x4).",
+    f"Default: {inference.KEPT_TILE} plus twice the model's margin (512 for x2, x3, x4).",
   )
   flags.DEFINE_float(
     "temperature",

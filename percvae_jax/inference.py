@@ -30,11 +30,13 @@ from percvae_jax.errors import CheckpointError, ConfigError, InferenceError
 from percvae_jax.models import vae
 
 # LR px on a side that each window keeps, past the model's margins: the default tile is
-# KEPT_TILE + 2 * margin (256 for the fidelity models, whose margin is 18 px; 408 for
-# x4-perceptual, whose LR projection reaches 94 px), so no model spends most of a
-# window on its margins. On 2 CPU cores windows of 192 to 384 px run at the same speed
-# per pixel (scripts/benchmark_speed.py --explore).
-KEPT_TILE = 220
+# KEPT_TILE + 2 * margin (512 for x2, x3 and x4, whose margin is 26 px; 496 for the
+# -fast models; 648 for x4-perceptual, whose LR projection reaches 94 px). Larger windows compute
+# fewer margins: on a 12 MP output at x4 the models compute 1.18x the LR pixels in 512
+# px windows, 1.46x in 272 px ones, and run 15-26% faster for 0.1 GB more memory
+# (x4-perceptual: 1.49x against 2.35x in 408 px windows, 1.7x as fast, 1.35 GB peak;
+# docs/speed.md, 2026-12-07).
+KEPT_TILE = 460
 # Samples draw z = mu + temperature * sigma * eps from the prior. At 0.5, where
 # x4-perceptual's samples are best (docs/model.md, scripts/sample_scores.py, K = 10):
 # their LPIPS to the HR is 0.94x the mean output's on BSD100 and 1.01x on Set14 (0.75:

@@ -255,7 +255,8 @@ def worker_torch(worker) -> dict:
 
 def upscale_model(name: str):
   """(model, params, scale) of an upscale row: a released model by its name ("x4",
-  "x4-fast"), or "FEATURESxBLOCKS", the fidelity recipe at x2 with random weights (an
+  "x4-fast") or its folder (`release_model.py --root`'s, a candidate before release),
+  or "FEATURESxBLOCKS", the fidelity recipe at x2 with random weights (an
   architecture's speed, before it is trained)."""
   import jax
 
@@ -265,6 +266,8 @@ def upscale_model(name: str):
 
   if name in released.names():
     config, params = released.load(name)
+  elif os.path.isdir(name):
+    config, params = released.load(os.path.basename(name), os.path.dirname(name))
   else:
     config = config_lib.fidelity_sr(2)
     config.model.features, config.model.num_blocks = (int(v) for v in name.split("x"))
@@ -427,7 +430,7 @@ def label(item: dict) -> str:
   if kind == "matmul":
     return f"float32 matmul {item.get('n', 'n')}^3, XLA dot"
   if kind == "upscale":
-    model = name if name.startswith("x") else f"x2 {name}, random weights"
+    model = name if name.startswith(("x", "/", ".")) else f"x2 {name}, random weights"
     work = f", {item['work']:.2f}x px" if "work" in item else ""
     return f"upscale {model} {'x'.join(map(str, item.get('sr_px', ())))}, tile {item['tile']}{work}"
   library = {"train": ", JAX", "torch": ", PyTorch"}.get(kind)
@@ -567,7 +570,12 @@ def main(argv=None) -> int:
   add("--layers", action="store_true", help="Also each VGG16 convolution of the paper step.")
   add("--quickstart", action="store_true", help="Also README's command 1 to its end.")
   add("--tiles", type=listed(int), default=None, help="Upscaling tiles, e.g. 192,256.")
-  add("--upscale-models", type=listed(str), default=None, help="Released (x4), x2 FxB (32x4).")
+  add(
+    "--upscale-models",
+    type=listed(str),
+    default=None,
+    help="Released (x4) or a model's folder, x2 FxB (32x4).",
+  )
   add("--only", type=listed(str), default=None, help="Kinds, or KIND:NAME (train:paper,torch).")
   add("--compute-dtype", default="float32", choices=("float32", "bfloat16"), help="Steps' dtype.")
   add("--data-root", default=None, help="Where the sets are (the pipeline reads SunHays80).")

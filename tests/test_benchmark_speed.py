@@ -206,3 +206,26 @@ def test_the_pytorch_row_times_the_paper_step_on_the_pipelines_batch(bench, tmp_
   result = bench.worker_torch(bench.common.Worker(spec))
   assert len(result["times_s"]) == 2 and result["rate"] == pytest.approx(2 / result["median_s"])
   assert math.isfinite(result["first_loss"]) and result["setup_s"] > 0
+
+
+def test_an_upscale_row_takes_a_released_name_a_model_folder_or_an_architecture(bench, tmp_path):
+  """A candidate's folder (release_model.py --root) times as its release would; FxB is
+  the fidelity recipe at x2 with random weights."""
+  import shutil
+
+  import jax
+
+  from percvae_jax import released
+
+  folder = tmp_path / "candidate" / "x4"
+  shutil.copytree(os.path.join(released.RELEASED_DIR, "x4-fast"), folder)
+  by_folder = bench.upscale_model(str(folder))
+  by_name = bench.upscale_model("x4-fast")
+  assert by_folder[2] == by_name[2] == 4
+  shapes = lambda params: [a.shape for a in jax.tree_util.tree_leaves(params)]
+  assert shapes(by_folder[1]) == shapes(by_name[1])
+  model, params, scale = bench.upscale_model("16x3")
+  assert scale == 2 and model.num_blocks == 3 and model.features == 16
+  assert bench.label({"kind": "upscale", "name": str(folder), "tile": 512}).startswith(
+    f"upscale {folder} "
+  )

@@ -278,6 +278,27 @@ def restore_model(workdir: str, step: int | None = None):
   return config, model, params, step
 
 
+def restore_average(runs: list[tuple[str, int | None]]):
+  """(config, model, params, steps): the mean of the parameters of several runs'
+  checkpoints, each a (workdir, step or None for the latest). A model soup (Wortsman et
+  al., 2022): fine-tunes of one model stay in one basin, and their mean scores above
+  each of them at no cost at inference. The runs must share the model and the scale
+  (the first run's config is returned); averaging unrelated runs is allowed but useless."""
+  config, model, params, step = restore_model(*runs[0])
+  trees, steps = [params], [step]
+  for workdir, wanted in runs[1:]:
+    other, _, other_params, other_step = restore_model(workdir, wanted)
+    if other.model.to_dict() != config.model.to_dict() or other.data.scale != config.data.scale:
+      raise InferenceError(
+        f"{workdir!r} is not the same model as {runs[0][0]!r} (its config.model or scale "
+        "differs): only runs of one architecture and scale can be averaged."
+      )
+    trees.append(other_params)
+    steps.append(other_step)
+  average = jax.tree.map(lambda *leaves: sum(leaves) / len(leaves), *trees)
+  return config, model, average, steps
+
+
 def load_model(
   workdir: str | None = None,
   name: str | None = None,

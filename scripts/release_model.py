@@ -2,12 +2,15 @@
 
   python scripts/release_model.py --workdir runs/release_x2 --name x2
   python scripts/release_model.py --workdir runs/release_x4_perceptual --name x4-perceptual
+  python scripts/release_model.py --workdir runs/a --workdir runs/b:3000 --name x4
 
-Scores the run's checkpoint (the latest, or --step) on Set5, Set14 and BSD100 with the
+Scores the run's checkpoint (the latest, or RUN:STEP) on Set5, Set14 and BSD100 with the
 classic protocol (as `evaluate` does), and writes percvae_jax/released/<name>/ only
 when it beats the release already there on its criterion: the mean Y-PSNR over the
 sets for a fidelity model, the mean LPIPS for a perceptual one (gamma > 0); --force
-writes it regardless. The scores go into the release's config.json (`release`), where
+writes it regardless. Several --workdir (each RUN or RUN:STEP) release the mean of their
+parameters, a model soup: for fine-tunes of one model it scores above each of them
+(docs/results.md). The scores go into the release's config.json (`release`), where
 tests/test_released.py checks that the shipped files still reproduce them.
 """
 
@@ -22,6 +25,7 @@ import jax
 import numpy as np
 
 from percvae_jax import data_root, flops, inference, losses, released, scoring
+from percvae_jax.errors import UserError
 
 SETS = data_root.EVAL_SETS
 
@@ -35,19 +39,34 @@ def better(new: dict, old: dict, metric: str) -> bool:
   return mean(new) < mean(old) if metric == "lpips" else mean(new) > mean(old)
 
 
+def run_and_step(text: str) -> tuple[str, int | None]:
+  """RUN:STEP -> (RUN, STEP); RUN -> (RUN, None), its latest checkpoint."""
+  run, _, step = text.rpartition(":")
+  return (run, int(step)) if run and step.isdigit() else (text, None)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True, help="the finished training run")
+  parser.add_argument(
+    "--workdir",
+    required=True,
+    action="append",
+    help="the finished training run, RUN or RUN:STEP (default: its latest step); given "
+    "several times, the mean of their parameters (runs of one architecture and scale)",
+  )
   parser.add_argument("--name", required=True, help="release name, e.g. x2 or x4-perceptual")
-  parser.add_argument("--step", type=int, help="checkpoint step; default: the latest")
   parser.add_argument(
     "--data-root", help=f"folder holding Set5/, Set14/ and BSD100/ (default: {data_root.root()})"
   )
   parser.add_argument("--root", default=released.RELEASED_DIR, help="where releases live")
   parser.add_argument("--force", action="store_true", help="write even if not better")
   args = parser.parse_args(argv)
-
-  config, model, params, step = inference.restore_model(args.workdir, args.step)
+  runs = [run_and_step(run) for run in args.workdir]
+  try:
+    config, model, params, steps = inference.restore_average(runs)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   upscaler = inference.Upscaler(model, params, config.data.scale)
   data_root.use(args.data_root)
   start = time.perf_counter()
@@ -74,7 +93,7 @@ def main(argv=None) -> int:
   print(f"{args.name}: {count:,} parameters, {flops_per_px / 1e3:.1f} KFLOP per output pixel")
   release = {
     "name": args.name,
-    "step": int(step),
+    "step": int(steps[0]),
     "params": count,
     "flops_per_px": flops_per_px,
     "criterion": metric,
@@ -82,6 +101,11 @@ def main(argv=None) -> int:
     "protocol": "classic (HR mod-cropped, bicubic LR, Y-PSNR/SSIM with scale px "
     "shaved, LPIPS AlexNet, LR-PSNR RGB)",
   }
+  if len(steps) > 1:
+    release["averaged"] = [
+      {"run": os.path.basename(os.path.normpath(run)), "step": int(step)}
+      for (run, _), step in zip(runs, steps, strict=True)
+    ]
   folder = os.path.join(args.root, args.name)
   released.write(folder, config, params, release)
   size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))

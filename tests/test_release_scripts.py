@@ -8,9 +8,10 @@ import json
 import math
 
 import jax
+import numpy as np
 import pytest
 
-from percvae_jax import flops, released
+from percvae_jax import flops, inference, released
 from percvae_jax.models import vae
 from tests import helpers
 
@@ -45,6 +46,39 @@ def test_release_model_writes_only_a_better_release(tiny_workdir, data_root, tmp
   assert "Not written" in capsys.readouterr().out
   assert (root / "x2" / "params.msgpack").stat().st_mtime_ns == written
   assert release_model.main([*args, "--root", str(root), "--force"]) == 0
+
+
+@pytest.mark.slow
+def test_release_model_averages_several_runs(
+  tiny_workdir, tiny_seed_workdir, data_root, tmp_path, capsys
+):
+  """Several --workdir release the mean of their parameters (a model soup), and say
+  which checkpoints went in; a run of another architecture is refused in one line."""
+  release_model = helpers.load_script("release_model")
+  other = helpers.train_tiny_srvae(tmp_path / "other", steps=2)
+  root = tmp_path / "released"
+  common = ["--name", "x2", "--data-root", str(data_root), "--root", str(root)]
+  assert release_model.main(["--workdir", tiny_workdir, "--workdir", f"{other}:2", *common]) == 0
+  _, shipped = released.load("x2", str(root))
+  trees = [inference.restore_model(run)[2] for run in (tiny_workdir, other)]
+  expected = jax.tree.map(lambda a, b: (a + b) / 2, *trees)
+  assert jax.tree.structure(shipped) == jax.tree.structure(
+    {k: v for k, v in expected.items() if k in shipped}
+  )
+  for name in shipped:
+    for got, want in zip(jax.tree.leaves(shipped[name]), jax.tree.leaves(expected[name])):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(jax.tree.leaves(trees[0])[0], jax.tree.leaves(trees[1])[0])
+  averaged = released.metadata("x2", str(root))["averaged"]
+  assert averaged == [
+    {"run": "tiny_srvae", "step": helpers.TINY_STEPS},
+    {"run": "other", "step": 2},
+  ]
+  capsys.readouterr()
+  args = ["--workdir", tiny_workdir, "--workdir", str(tiny_seed_workdir), *common, "--force"]
+  assert release_model.main(args) == 1
+  error = capsys.readouterr().err.strip()
+  assert error.startswith("error:") and "not the same model" in error and "\n" not in error
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ and 56 minutes; jax 0.10.2; 2026-12-06 and 2026-12-07), classic protocol, Y-PSNR
 SSIM / LPIPS (AlexNet):
   Set5 31.58 / 0.8863 / 0.171, Set14 28.18 / 0.7715 / 0.289, BSD100 27.35 / 0.7284 / 0.383
   (Set14 28.177; VDSR 31.35, 28.01, 27.29; LapSRN 31.54, 28.19, 27.32); held out, the
-  first 20 images: Urban100 24.80, Manga109 29.66 dB. The last stage alone (released
+  first 20 images: Urban100 24.80, Manga109 29.66 dB. With --ensemble: 31.77 / 28.31 /
+  27.41. The last stage alone (released
   until the soup): 31.55 / 28.16 / 27.34 (Urban100 24.79, Manga109 29.62); with
   --ensemble 31.74 / 28.30 / 27.40; the EMA fine-tune alone 31.55 / 28.16 / 27.34, the
   MSE one 31.51 / 28.15 / 27.35. The first

@@ -278,25 +278,46 @@ def restore_model(workdir: str, step: int | None = None):
   return config, model, params, step
 
 
-def restore_average(runs: list[tuple[str, int | None]]):
-  """(config, model, params, steps): the mean of the parameters of several runs'
-  checkpoints, each a (workdir, step or None for the latest). A model soup (Wortsman et
-  al., 2022): fine-tunes of one model stay in one basin, and their mean scores above
-  each of them at no cost at inference. The runs must share the model and the scale
-  (the first run's config is returned); averaging unrelated runs is allowed but useless."""
-  config, model, params, step = restore_model(*runs[0])
-  trees, steps = [params], [step]
-  for workdir, wanted in runs[1:]:
-    other, _, other_params, other_step = restore_model(workdir, wanted)
+def restore_average(
+  runs: list[tuple[str, int | None]],
+  models: list[str] = (),
+  root: str = released.RELEASED_DIR,
+):
+  """(config, model, params, sources): the mean of the generation parameters of several
+  runs' checkpoints, each a (workdir, step or None for the latest), and released models
+  (by name, from `root`). A model soup (Wortsman et al., 2022): fine-tunes of one model
+  stay in one basin, and their mean scores above each of them at no cost at inference;
+  a release can be an ingredient, so a soup can take in fine-tunes of itself. The
+  ingredients must share the model and the scale (the first one's config is returned);
+  `sources` says what went in: {"run", "step"} or {"model", "step"} each."""
+  loaded = []
+  for workdir, wanted in runs:
+    config, _, params, step = restore_model(workdir, wanted)
+    run = os.path.basename(os.path.normpath(workdir))
+    loaded.append((repr(workdir), config, params, {"run": run, "step": int(step)}))
+  for name in models:
+    config, params = released.load(name, root)
+    record = released.metadata(name, root)
+    source = {"model": name, "step": int(record.get("step", 0))}
+    if "averaged" in record:  # A soup's own ingredients stay on record.
+      source["averaged"] = record["averaged"]
+    loaded.append((f"--model {name}", config, params, source))
+  if not loaded:
+    raise InferenceError("nothing to average: give at least one run or released model.")
+  first, config = loaded[0][0], loaded[0][1]
+  for label, other, _, _ in loaded[1:]:
     if other.model.to_dict() != config.model.to_dict() or other.data.scale != config.data.scale:
       raise InferenceError(
-        f"{workdir!r} is not the same model as {runs[0][0]!r} (its config.model or scale "
-        "differs): only runs of one architecture and scale can be averaged."
+        f"{label} is not the same model as {first} (its config.model or scale differs): "
+        "only models of one architecture and scale can be averaged."
       )
-    trees.append(other_params)
-    steps.append(other_step)
+  # A release keeps no posterior: the mean is of what `generate` runs.
+  trees = [
+    {k: v for k, v in params.items() if k not in released.TRAINING_ONLY}
+    for _, _, params, _ in loaded
+  ]
   average = jax.tree.map(lambda *leaves: sum(leaves) / len(leaves), *trees)
-  return config, model, average, steps
+  return config, vae.create(config), average, [source for *_, source in loaded]
 
 
 def load_model(

@@ -3,6 +3,7 @@
   python scripts/release_model.py --workdir runs/release_x2 --name x2
   python scripts/release_model.py --workdir runs/release_x4_perceptual --name x4-perceptual
   python scripts/release_model.py --workdir runs/a --workdir runs/b:3000 --name x4
+  python scripts/release_model.py --model x4 --workdir runs/x4_finetune --name x4
 
 Scores the run's checkpoint (the latest, or RUN:STEP) on Set5, Set14 and BSD100 with the
 classic protocol (as `evaluate` does), and writes percvae_jax/released/<name>/ only
@@ -10,7 +11,8 @@ when it beats the release already there on its criterion: the mean Y-PSNR over t
 sets for a fidelity model, the mean LPIPS for a perceptual one (gamma > 0); --force
 writes it regardless. Several --workdir (each RUN or RUN:STEP) release the mean of their
 parameters, a model soup: for fine-tunes of one model it scores above each of them
-(docs/results.md). The scores go into the release's config.json (`release`), where
+(docs/results.md); --model NAME adds a release already there to the mean (the model
+the runs fine-tuned, for one). The scores go into the release's config.json (`release`), where
 tests/test_released.py checks that the shipped files still reproduce them.
 """
 
@@ -49,10 +51,16 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
     "--workdir",
-    required=True,
     action="append",
+    default=[],
     help="the finished training run, RUN or RUN:STEP (default: its latest step); given "
     "several times, the mean of their parameters (runs of one architecture and scale)",
+  )
+  parser.add_argument(
+    "--model",
+    action="append",
+    default=[],
+    help="a release in --root to add to the mean (same architecture and scale as the runs)",
   )
   parser.add_argument("--name", required=True, help="release name, e.g. x2 or x4-perceptual")
   parser.add_argument(
@@ -61,9 +69,11 @@ def main(argv=None) -> int:
   parser.add_argument("--root", default=released.RELEASED_DIR, help="where releases live")
   parser.add_argument("--force", action="store_true", help="write even if not better")
   args = parser.parse_args(argv)
+  if not args.workdir and not args.model:
+    parser.error("give the run to release: --workdir RUN (or --model NAME to average in)")
   runs = [run_and_step(run) for run in args.workdir]
   try:
-    config, model, params, steps = inference.restore_average(runs)
+    config, model, params, sources = inference.restore_average(runs, args.model, args.root)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -87,13 +97,12 @@ def main(argv=None) -> int:
         f"its criterion ({metric}); pass --force to replace it anyway."
       )
       return 1
-  shipped = {k: v for k, v in params.items() if k not in released.TRAINING_ONLY}
-  count = int(sum(np.size(x) for x in jax.tree.leaves(shipped)))
-  flops_per_px = flops.per_output_pixel(model, shipped, config.data.scale)
+  count = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+  flops_per_px = flops.per_output_pixel(model, params, config.data.scale)
   print(f"{args.name}: {count:,} parameters, {flops_per_px / 1e3:.1f} KFLOP per output pixel")
   release = {
     "name": args.name,
-    "step": int(steps[0]),
+    "step": sources[0]["step"],
     "params": count,
     "flops_per_px": flops_per_px,
     "criterion": metric,
@@ -101,11 +110,8 @@ def main(argv=None) -> int:
     "protocol": "classic (HR mod-cropped, bicubic LR, Y-PSNR/SSIM with scale px "
     "shaved, LPIPS AlexNet, LR-PSNR RGB)",
   }
-  if len(steps) > 1:
-    release["averaged"] = [
-      {"run": os.path.basename(os.path.normpath(run)), "step": int(step)}
-      for (run, _), step in zip(runs, steps, strict=True)
-    ]
+  if len(sources) > 1:
+    release["averaged"] = sources
   folder = os.path.join(args.root, args.name)
   released.write(folder, config, params, release)
   size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))

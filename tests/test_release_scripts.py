@@ -74,6 +74,19 @@ def test_release_model_averages_several_runs(
     {"run": "tiny_srvae", "step": helpers.TINY_STEPS},
     {"run": "other", "step": 2},
   ]
+  # A release can be an ingredient: the soup above, averaged with one of its runs again.
+  again = ["--name", "x2-again", "--data-root", str(data_root), "--root", str(root)]
+  assert release_model.main(["--model", "x2", "--workdir", f"{other}:2", *again]) == 0
+  _, twice = released.load("x2-again", str(root))
+  for name in twice:
+    for got, soup, run in zip(
+      jax.tree.leaves(twice[name]), jax.tree.leaves(shipped[name]), jax.tree.leaves(trees[1][name])
+    ):
+      np.testing.assert_allclose(got, (soup + run) / 2, rtol=1e-6, atol=1e-7)
+  assert released.metadata("x2-again", str(root))["averaged"] == [
+    {"run": "other", "step": 2},
+    {"model": "x2", "step": helpers.TINY_STEPS, "averaged": averaged},
+  ]
   capsys.readouterr()
   args = ["--workdir", tiny_workdir, "--workdir", str(tiny_seed_workdir), *common, "--force"]
   assert release_model.main(args) == 1

@@ -31,11 +31,10 @@ from percvae_jax.models import vae
 
 # LR px on a side that each window keeps, past the model's margins: the default tile is
 # KEPT_TILE + 2 * margin (512 for x2, x3 and x4, whose margin is 26 px; 496 for the
-# -fast models; 648 for x4-perceptual, whose LR projection reaches 94 px). Larger windows compute
-# fewer margins: on a 12 MP output at x4 the models compute 1.18x the LR pixels in 512
-# px windows, 1.46x in 272 px ones, and run 15-26% faster for 0.1 GB more memory
-# (x4-perceptual: 1.49x against 2.35x in 408 px windows, 1.7x as fast, 1.35 GB peak;
-# docs/speed.md, 2026-12-07).
+# -fast models; 616 for x4-perceptual, whose LR projection reaches 78 px). Larger
+# windows compute fewer margins: on a 12 MP output at x4 the models compute 1.18x the LR
+# pixels in 512 px windows, 1.46x in 272 px ones, and run 15-26% faster for 0.1 GB more
+# memory (docs/speed.md, 2026-12-07).
 KEPT_TILE = 460
 # Samples draw z = mu + temperature * sigma * eps from the prior. At 0.5, where
 # x4-perceptual's samples are best (docs/model.md, scripts/sample_scores.py, K = 10):

@@ -125,3 +125,23 @@ def test_projection_in_range_stays_consistent_after_the_clip_a_saved_image_under
   )
   assert error(in_range) < 0.5 * error(once)
   assert np.abs(np.clip(in_range, 0, 1) - in_range).max() < np.abs(np.clip(once, 0, 1) - once).max()
+
+
+@pytest.mark.parametrize("scale,blur_sigma", [(2, 0.0), (3, 0.0), (4, 0.0), (4, 1.0)])
+def test_banded_projection_equals_the_dense_pseudo_inverse(scale, blur_sigma):
+  """On sides of 32 LR px or more the projection runs as banded taps, D^T (D D^T)^-1
+  with the border rows exact: it must equal sr + D^+(lr - D sr) with the dense
+  pseudo-inverse, at the borders as in the middle."""
+  h, w = 64, 40  # the width banded only without the blur: both paths, side by side.
+  assert degradation.banded_factor("gram_inverse", h * scale, scale, blur_sigma) is not None
+  sr = RNG.uniform(0, 1, (1, h * scale, w * scale, 3)).astype(np.float32)
+  lr = RNG.uniform(0, 1, (1, h, w, 3)).astype(np.float32)
+  dense = lambda name, x: degradation.apply_separable(
+    x,
+    getattr(degradation, name)(h * scale, scale, blur_sigma),
+    getattr(degradation, name)(w * scale, scale, blur_sigma),
+  )
+  residual = lr - np.asarray(dense("degradation_matrix", sr))
+  expected = sr + np.asarray(dense("degradation_pinv", residual))
+  projected = np.asarray(degradation.project_onto_lr(sr, lr, scale, blur_sigma))
+  np.testing.assert_allclose(projected, expected, atol=5e-6)

@@ -40,6 +40,11 @@ def base() -> ml_collections.ConfigDict:
   # decoder sees them (non-linearly, so a sample can add structure, not only filtered
   # noise); 0: the latent enters the decoder directly, as in every release.
   config.model.latent_blocks = 0
+  # srvae: channels of smooth noise that samples draw instead of the latent's spread,
+  # decoded with the LR features (models/vae.py), correlated over ~2 noise_blur LR px;
+  # 0: samples draw the latent, as in every release.
+  config.model.noise_channels = 0
+  config.model.noise_blur = 2.0
   # srvae: the trunks' blocks, "residual" or "pixel_attention" (models/vae.py).
   config.model.block = "residual"
   config.model.latent_dim = 256  # seed: size of the global latent.
@@ -249,6 +254,8 @@ RANGES = {
   "model.num_blocks": (1, None, True),
   "model.latent_channels": (1, None, True),
   "model.latent_blocks": (0, None, True),
+  "model.noise_channels": (0, None, True),
+  "model.noise_blur": (0.0, 20.0, False),
   "model.latent_dim": (1, None, True),
   "loss.alpha": (0.0, None, True),
   "loss.gamma": (0.0, None, True),

@@ -300,6 +300,11 @@ def build(model, params, sampling: bool):
       "which the export does not build; export a model trained with "
       "--config.data.blur_sigma=0 (all released models are)."
     )
+  if model.noise_channels:
+    raise ExportError(
+      f"this model decodes smooth noise (model.noise_channels={model.noise_channels}), "
+      "which the export does not build; export a model without it (no released one has it)."
+    )
   params = jax.device_get(params)
   graph = Graph()
   latent = model.latent_channels

@@ -15,8 +15,9 @@ whole images by the classic protocol (bicubic LR, no blur), it reports:
   2. the decoder: d = sample - mean output and r = HR - mean output (what the mean
      lacks), their RMS and its ratio (d/r > 1: the sample adds more than the HR
      holds there), the decoder's gain (RMS of d per unit RMS of the latent's offset
-     T * sigma * eps), and how linear it is (RMS of d at T over RMS at T/2, 2 if
-     linear);
+     T * sigma * eps, or of the noise T * n for a model with model.noise_channels,
+     whose samples draw smooth noise n instead), and how linear it is (RMS of d at
+     T over RMS at T/2, 2 if linear);
   3. orientation at edges: the energy of d's derivative along the edge over that
      across it (HR orientation), and the same for r; a clean edge's detail varies
      across the edge only (ratio << 1), grain is isotropic (ratio ~ 1) and jags edges;
@@ -124,12 +125,12 @@ class Model:
         {"params": params}, lr, method=lambda m, x: vae.split_gaussian(m.prior(m.lr_encoder(x)))
       )
 
-    def decode(params, lr, z):
-      def run(m, x, z):
+    def decode(params, lr, z, noise=None):
+      def run(m, x, z, noise):
         upscaled = degradation.bicubic_upscale(x, m.scale)
-        return m._decode(x, upscaled, m.lr_encoder(x), z)
+        return m._decode(x, upscaled, m.lr_encoder(x), z, noise)
 
-      return self.model.apply({"params": params}, lr, z, method=run)
+      return self.model.apply({"params": params}, lr, z, noise, method=run)
 
     def posterior(params, lr, hr):
       def run(m, x, y):
@@ -167,11 +168,20 @@ def diagnose_image(net: Model, hr_uint8, scale, temperature, samples, key, flat,
   for lag in LAGS:
     whole[f"r_lag{lag}"] = np.array(lag_products(luma(r), lag))
     whole[f"d_lag{lag}"] = np.zeros(2)
+  noise_channels = getattr(net.model, "noise_channels", 0)
   for k in range(samples):
-    eps = np.asarray(jax.random.normal(jax.random.fold_in(key, k), mu.shape))
-    offset = temperature * sigma * eps
-    d = np.asarray(net.decode(net.params, lr, mu + offset))[0] - mean
-    d_half = np.asarray(net.decode(net.params, lr, mu + offset / 2))[0] - mean
+    if noise_channels:  # the samples draw smooth noise; the latent stays at its mean.
+      shape = (*mu.shape[:3], noise_channels)
+      draw = vae.smooth_noise(jax.random.fold_in(key, k), shape, net.model.noise_blur)
+      offset = temperature * np.asarray(draw)
+      d = np.asarray(net.decode(net.params, lr, mu, offset))[0] - mean
+      d_half = np.asarray(net.decode(net.params, lr, mu, offset / 2))[0] - mean
+    else:
+      offset = (
+        temperature * sigma * np.asarray(jax.random.normal(jax.random.fold_in(key, k), mu.shape))
+      )
+      d = np.asarray(net.decode(net.params, lr, mu + offset))[0] - mean
+      d_half = np.asarray(net.decode(net.params, lr, mu + offset / 2))[0] - mean
     z2 = to_hr_grid(np.sum(offset[0] ** 2, -1), scale)
     for c, m in masks.items():
       s = sums[c]

@@ -158,6 +158,9 @@ def test_bad_requests_are_refused_in_one_line(tmp_path, monkeypatch):
   config.model.lr_consistent, config.data.blur_sigma = True, 1.0
   with pytest.raises(export.ExportError, match="blur_sigma=1.0"):
     export.build(vae.create(config), params=None, sampling=True)  # refused before any weight
+  config.model.lr_consistent, config.model.noise_channels = False, 2
+  with pytest.raises(export.ExportError, match="noise_channels=2"):
+    export.build(vae.create(config), params=None, sampling=False)
   monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # the extra not installed
   with pytest.raises(export.ExportError, match=r"percvae_jax\[export\]"):
     export.export(str(tmp_path / "x2.onnx"), model="x2")

@@ -14,6 +14,7 @@ import pytest
 from percvae_jax import flops, inference, released
 from percvae_jax.models import vae
 from tests import helpers
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +162,28 @@ def test_diagnose_samples_reports_each_class_and_band(tiny_workdir, data_root, t
   for label in ("sample_minus_mean", "hr_minus_mean"):
     assert sum(report[f"band_share_{label}"].values()) == pytest.approx(1.0, abs=1e-3)
   assert "posterior_offset_lag1_correlation" in report  # a workdir holds the posterior.
+
+
+def test_diagnose_samples_reads_a_noise_model_by_its_noise():
+  """For a model whose samples draw smooth noise (model.noise_channels) the diagnosis
+  decodes that noise, the latent at its mean: the departure is the noise's, and
+  halving the noise roughly halves it."""
+  script = helpers.load_script("diagnose_samples")
+  config = tiny_config(model__noise_channels=2)
+  model = vae.create(config)
+  params = vae.init_params(model, config, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32), params)
+  hr = (rng.uniform(0, 1, (32, 32, 3)) * 255).astype(np.uint8)
+  net = script.Model(model, params)
+  sums, whole = script.diagnose_image(net, hr, 2, 1.0, 2, jax.random.PRNGKey(1), 0.02, 0.6)
+  noise = [
+    vae.smooth_noise(jax.random.fold_in(jax.random.PRNGKey(1), k), (1, 16, 16, 2), 2.0)
+    for k in range(2)
+  ]
+  # The offset's energy, read at each HR pixel (2 x 2 per LR pixel), is the noise's.
+  expected = 4 * sum(float(np.sum(np.square(n))) for n in noise)
+  assert sum(c["z2"] for c in sums.values()) == pytest.approx(expected, rel=1e-4)
+  d2 = sum(c["d2"] for c in sums.values())
+  half2 = sum(c["d_half2"] for c in sums.values())
+  assert 2.0 < d2 / half2 < 8.0  # near 4 (2x the RMS) for a near-linear decoder.

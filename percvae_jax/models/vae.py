@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from percvae_jax import degradation
 
@@ -45,6 +46,27 @@ def reparameterise(rng, mu, logvar, temperature=1.0):
 
 def sum_per_example(x):
   return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+def smooth_noise(rng, shape, sigma: float):
+  """Standard normal noise (N, H, W, C) blurred by a Gaussian of `sigma` px and scaled
+  back to unit variance: each value correlated with its neighbours' over ~2 sigma px."""
+  radius = max(1, int(np.ceil(3 * sigma)))
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  taps /= np.sqrt(np.sum(taps**2))  # unit variance after both axes (away from borders).
+  channels = shape[-1]
+  noise = jax.random.normal(rng, shape, jnp.float32)
+  for kernel_shape in ((len(taps), 1, 1, channels), (1, len(taps), 1, channels)):
+    kernel = jnp.asarray(np.broadcast_to(taps.reshape(kernel_shape[:2] + (1, 1)), kernel_shape))
+    noise = jax.lax.conv_general_dilated(
+      noise,
+      kernel.astype(jnp.float32),
+      (1, 1),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=channels,
+    )
+  return noise
 
 
 class SeedVAE(nn.Module):
@@ -171,6 +193,13 @@ class SRVAE(nn.Module):
   only the LR. At test time z is the prior's mean (or a prior sample), so the latent
   carries only what the LR cannot: the variation among plausible HR images.
 
+  With `noise_channels`, samples draw a second input besides the latent: smooth noise
+  (`smooth_noise`, correlated over ~2 `noise_blur` LR px), decoded with the LR
+  features by residual blocks, with the latent at the prior's mean. The VAE's own
+  passes and the mean output see zero noise; only the sample terms (losses.py) train
+  what the decoder makes of it, so the samples can differ by structure over regions
+  rather than by the per-pixel grain a linearly decoded latent adds (docs/model.md).
+
   With `lr_consistent`, every output is projected onto the images in [0,1] whose
   degradation (blur `blur_sigma`, then bicubic downscaling) is the LR input
   (`degradation.project_onto_lr_in_range`): what the model adds lies in the
@@ -182,6 +211,8 @@ class SRVAE(nn.Module):
   num_blocks: int = 8
   latent_channels: int = 4
   latent_blocks: int = 0
+  noise_channels: int = 0
+  noise_blur: float = 2.0
   lr_consistent: bool = False
   blur_sigma: float = 0.0
   block: str = "residual"
@@ -200,9 +231,22 @@ class SRVAE(nn.Module):
     if self.latent_blocks:
       # Zero at initialisation, so a release fine-tuned with it starts as it was.
       self.latent_decoder = trunk(self.latent_blocks, self.features)
+    if self.noise_channels:
+      # Zero at initialisation too: a release fine-tuned with it starts as it was.
+      self.noise_decoder = trunk(max(1, self.latent_blocks), self.features)
 
-  def _decode(self, lr, upscaled, features, z):
+  def _sample_noise(self, like, temperature):
+    """Smooth noise for `noise_channels` samples at `like`'s LR size, x temperature."""
+    shape = (*like.shape[:3], self.noise_channels)
+    return temperature * smooth_noise(self.make_rng("latent"), shape, self.noise_blur)
+
+  def _decode(self, lr, upscaled, features, z, noise=None):
     z = z.astype(features.dtype)
+    if self.noise_channels:
+      if noise is None:
+        noise = jnp.zeros((*features.shape[:3], self.noise_channels), features.dtype)
+      noise = noise.astype(features.dtype)
+      features = features + self.noise_decoder(jnp.concatenate([features, noise], -1))
     if self.latent_blocks:
       features = features + self.latent_decoder(jnp.concatenate([features, z], -1))
     residual = self.decoder(jnp.concatenate([features, z], -1))
@@ -237,11 +281,21 @@ class SRVAE(nn.Module):
     # `samples` prior samples' (so that the objective can train what users draw).
     latents = [z] + ([mu_p] if generated else [])
     spread = jax.lax.stop_gradient(logvar_p) if fixed_spread else logvar_p
-    latents += [
-      reparameterise(self.make_rng("latent"), mu_p, spread, temperature) for _ in range(samples)
-    ]
+    if self.noise_channels:  # the samples differ by their noise, the latent at its mean.
+      latents += [mu_p] * samples
+    else:
+      latents += [
+        reparameterise(self.make_rng("latent"), mu_p, spread, temperature) for _ in range(samples)
+      ]
     times = lambda x: jnp.concatenate([x] * len(latents))
-    decoded = self._decode(times(lr), times(upscaled), times(features), jnp.concatenate(latents))
+    noise = None
+    if self.noise_channels:
+      zeros = jnp.zeros((*features.shape[:3], self.noise_channels), features.dtype)
+      draws = [self._sample_noise(lr, temperature) for _ in range(samples)]
+      noise = jnp.concatenate([zeros] * (len(latents) - samples) + draws)
+    decoded = self._decode(
+      times(lr), times(upscaled), times(features), jnp.concatenate(latents), noise
+    )
     decoded = decoded.reshape(len(latents), *lr.shape[:1], *decoded.shape[1:])
     outputs = {"sr": decoded[0], "kl": kl}
     if generated:
@@ -253,8 +307,10 @@ class SRVAE(nn.Module):
   def generate(self, lr, sample: bool = False, temperature: float = 1.0):
     features = self.lr_encoder(lr)
     mu_p, logvar_p = split_gaussian(self.prior(features))
-    z = reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) if sample else mu_p
     upscaled = degradation.bicubic_upscale(lr.astype(jnp.float32), self.scale)
+    if sample and self.noise_channels:
+      return self._decode(lr, upscaled, features, mu_p, self._sample_noise(lr, temperature))
+    z = reparameterise(self.make_rng("latent"), mu_p, logvar_p, temperature) if sample else mu_p
     return self._decode(lr, upscaled, features, z)
 
 
@@ -323,6 +379,8 @@ def create(config, dtype=jnp.float32) -> nn.Module:
       num_blocks=model_config.num_blocks,
       latent_channels=model_config.latent_channels,
       latent_blocks=model_config.latent_blocks,
+      noise_channels=model_config.noise_channels,
+      noise_blur=model_config.noise_blur,
       lr_consistent=model_config.lr_consistent,
       blur_sigma=config.data.blur_sigma,
       block=model_config.block,

@@ -53,6 +53,19 @@ def write(path, image: np.ndarray, bits: int, fmt: str, bands: int = 3, **kwargs
   )
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_lossless_webp_holds_every_band_in_place(tmp_path, channels):
+  """WebP and JPEG are encoded from one image the bands are pasted into as they come:
+  each band lands in its rows (lossless WebP gives back every 8-bit value)."""
+  image = smooth(23, 31, channels, seed=channels)
+  path = tmp_path / "out.webp"
+  write(path, image, 8, "webp", bands=4, quality=100)
+  with Image.open(path) as written:
+    pixels = np.asarray(written.convert(image_io.MODES[channels]))
+  expected = image_io.quantize(image, 8)
+  np.testing.assert_array_equal(pixels.reshape(expected.shape), expected)
+
+
 @pytest.mark.parametrize("fmt", ["png", "tiff"])
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
